@@ -1,0 +1,135 @@
+"""End-to-end demo on SYNTHETIC phantoms: data -> training -> evaluation -> inference, all on this machine.
+
+Every step is the bundle's real command line (printed before it runs), so the demo doubles as a usage
+example. Outputs (under ``demo_output/``): the phantoms, training logs and TensorBoard files, the
+evaluation CSV/JSON on held-out phantoms, segmentations of a held-out phantom, and ``demo_output/RESULTS.md``;
+the trained weights go to ``models/model.pt``. Weights and scores come from synthetic data: they show the
+pipeline works, not that it segments real CT.
+
+Run ``bash demo.sh`` (sets up the environment) or ``python -m scripts.demo --epochs 5``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .phantoms import generate_dataset
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+DEMO_OVERLAY = "configs/demo.json"
+
+
+def _run(args: list[str], log_path: Path) -> float:
+    """Run one bundle command, echo it, tee its output to ``log_path``; return seconds taken."""
+    print("\n$ " + " ".join(shlex.quote(a) for a in args), flush=True)
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(args, cwd=BUNDLE_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in process.stdout:
+            log.write(line)
+            if " - INFO - " not in line or "Epoch[" in line and "Metrics" in line or "resumed" in line:
+                sys.stdout.write(line)
+        process.wait()
+    if process.returncode != 0:
+        sys.exit(f"demo: step failed (exit {process.returncode}); full log in {log_path}")
+    return time.perf_counter() - start
+
+
+def _bundle(run_id: str, config_files: list[str], **overrides) -> list[str]:
+    args = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(config_files),
+            "--bundle_root", str(BUNDLE_ROOT), "--logging_file", "configs/logging.conf"]
+    for key, value in overrides.items():
+        args += [f"--{key}", value if isinstance(value, str) else repr(value) if isinstance(value, bool) else json.dumps(value)]
+    return args
+
+
+def main(output_dir: str = "demo_output", num_train: int = 16, num_test: int = 4, epochs: int = 30,
+         in_plane_size: int = 256, seed: int = 0, num_workers: int = 2, fresh: bool = True) -> dict:
+    """Run the demo; returns the evaluation summary (synthetic phantoms)."""
+    out = (BUNDLE_ROOT / output_dir).resolve()
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (BUNDLE_ROOT / "models").mkdir(exist_ok=True)
+    for stale in (BUNDLE_ROOT / "models").glob("last_checkpoint_*.pt"):
+        stale.unlink()  # a demo starts training afresh; real runs resume from these
+    print("=" * 78)
+    print("DEMO ON SYNTHETIC PHANTOMS - not real patients, not evidence of clinical accuracy")
+    print(f"network: WP-UNet narrowed by {DEMO_OVERLAY} (channels 16-128, 128x128 slices) for a CPU demo;")
+    print("the bundle default is the paper's 64-512 network on 256x256 slices")
+    print("=" * 78)
+
+    t0 = time.perf_counter()
+    train_dir, test_dir = out / "data" / "train", out / "data" / "test"
+    generate_dataset(str(train_dir), num_cases=num_train, seed=seed, in_plane_size=in_plane_size,
+                     slice_thickness_range=(2.5, 5.0))
+    generate_dataset(str(test_dir), num_cases=num_test, seed=seed + 1, in_plane_size=in_plane_size,
+                     slice_thickness_range=(2.5, 5.0), first_case=100)
+    print(f"\nsynthetic phantoms: {num_train} for training/validation in {train_dir}, "
+          f"{num_test} held out in {test_dir} ({time.perf_counter() - t0:.0f} s)")
+
+    timings = {}
+    timings["training"] = _run(_bundle(
+        "training", ["configs/train.json", DEMO_OVERLAY], dataset_dir=str(train_dir), epochs=epochs,
+        num_folds=4, val_interval=5, output_dir=str(out / "training"), num_workers=num_workers,
+        progress_bar=False), out / "training.log")
+    timings["evaluation"] = _run(_bundle(
+        "evaluating", ["configs/train.json", DEMO_OVERLAY, "configs/evaluate.json"], dataset_dir=str(test_dir),
+        evaluate_all_cases=True, output_dir=str(out / "evaluation"), num_workers=num_workers),
+        out / "evaluation.log")
+    first_test_case = sorted(test_dir.glob("case_*"))[0]
+    timings["inference"] = _run(_bundle(
+        "inferring", ["configs/inference.json", DEMO_OVERLAY], input_path=str(first_test_case),
+        output_dir=str(out / "inference")), out / "inference.log")
+
+    summary = json.loads((out / "evaluation" / "metrics_summary.json").read_text())
+    report = _write_report(out, summary, timings, first_test_case)
+    print("\n" + report)
+    return summary
+
+
+def _write_report(out: Path, summary: dict, timings: dict, case: Path) -> str:
+    def mean(metric: str) -> float:
+        return float(summary[metric]["mean"])
+
+    kidney, tumour = mean("kidney_dice"), mean("tumour_dice")
+    verdict = ("reached" if kidney >= 0.90 and tumour >= 0.60 else "NOT reached") + \
+        " the demo target (kidney >= 0.90, tumour >= 0.60)"
+    rows = [f"| {name} | {summary[name]['mean']:.3f} | {summary[name]['std']:.3f} | {summary[name]['n']} |"
+            for name in sorted(summary) if name.endswith(("_dice", "_nsd", "_hd95_mm"))]
+    text = "\n".join([
+        "# Demo results - SYNTHETIC phantoms",
+        "",
+        "Held-out synthetic phantoms (never seen in training or model selection). These numbers show that",
+        "the pipeline works end to end; they say nothing about accuracy on real CT.",
+        "",
+        "| metric | mean | std | n |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        f"Kidney Dice {kidney:.3f}, tumour Dice {tumour:.3f}: {verdict}.",
+        "",
+        f"Time: training {timings['training']:.0f} s, evaluation {timings['evaluation']:.0f} s, "
+        f"inference {timings['inference']:.0f} s.",
+        "",
+        "Where things are:",
+        f"- weights (synthetic demo, narrow network of {DEMO_OVERLAY}): {BUNDLE_ROOT / 'models' / 'model.pt'}",
+        f"- per-case metrics: {out / 'evaluation' / 'metrics_per_case.csv'}",
+        f"- segmentation of {case.name}: {out / 'inference' / (case.name + '.nii.gz')} "
+        f"(volumes: {case.name}_volumes.json); open it over {case / 'imaging.nii.gz'} in 3D Slicer or ITK-SNAP",
+        f"- training log and TensorBoard: {out / 'training.log'}, {out / 'training' / 'tensorboard'}",
+    ])
+    (out / "RESULTS.md").write_text(text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
