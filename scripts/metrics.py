@@ -245,6 +245,9 @@ class KiTSCaseMetrics:
     ``r_dice``, ``r_hd95_mm``, ``r_nsd``, ``r_pred_ml``, ``r_true_ml`` (floats) and ``r_status`` (one of
     ``ok``, ``both_empty``, ``pred_empty``, ``true_empty``; see the module docstring for the values each implies).
 
+    HD95 is MONAI's symmetric variant: the larger of the two directed 95th percentiles of the distances between
+    edge voxels (prediction -> reference and back), in mm. Inputs are moved to CPU; the distances use scipy there.
+
     Example::
 
         metrics = KiTSCaseMetrics(keep_cyst=False)

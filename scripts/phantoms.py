@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import uuid
 from collections.abc import Sequence
 from typing import Callable
 
@@ -238,6 +238,11 @@ def _gauss_kernel_energy(sigma: float, truncate: float = 4.0) -> float:
     return float(np.sqrt((k**2).sum()))
 
 
+def _stage_generators(seed: int) -> list[np.random.Generator]:
+    """Independent generators for acquisition, anatomy, tumours, cysts, scene painting and noise."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
+
+
 def _draw_acquisition(
     rng: np.random.Generator,
     in_plane_size: int,
@@ -270,7 +275,8 @@ def phantom_spacing(
     In-plane spacing is ``FOV / in_plane_size`` with the FOV drawn from :data:`FOV_RANGE_MM`, so 512 pixels
     give 0.68-0.98 mm (like KiTS) and smaller sizes give proportionally coarser pixels.
     """
-    fov, thickness = _draw_acquisition(np.random.default_rng(seed), in_plane_size, slice_thickness, slice_thickness_range)
+    rng_acq = _stage_generators(seed)[0]
+    fov, thickness = _draw_acquisition(rng_acq, in_plane_size, slice_thickness, slice_thickness_range)
     return fov / in_plane_size, fov / in_plane_size, thickness
 
 
@@ -298,7 +304,9 @@ def _sample_tumour_hu(rng: np.random.Generator, parenchyma: float, cortex: float
             ok = strict
     if not ok.any():
         ok = np.abs(cand - parenchyma) >= np.abs(cand - parenchyma).max() - 1
-    return float(rng.choice(cand[ok]) + rng.uniform(-0.5, 0.5))
+    # Index from one uniform draw: rng.choice/integers may consume a varying number of draws.
+    allowed = cand[ok]
+    return float(allowed[min(int(rng.random() * allowed.size), allowed.size - 1)] + rng.uniform(-0.5, 0.5))
 
 
 def _kidney_axes(side: int, rng: np.random.Generator) -> np.ndarray:
@@ -365,8 +373,10 @@ def generate_phantom(
     for name, val, top in (("num_tumours", num_tumours, 10), ("num_cysts", num_cysts, 10)):
         if val is not None and not 0 <= val <= top:
             raise ValueError(f"{name} must be in 0..{top} or None, got {val}")
-    rng = np.random.default_rng(seed)
-    fov, thickness = _draw_acquisition(rng, in_plane_size, slice_thickness, slice_thickness_range)
+    # One generator per stage, so an override (or a different number of masses) in one stage never
+    # shifts the draws of another, and the anatomy does not depend on in_plane_size.
+    rng_acq, rng, rng_tum, rng_cyst, rng_scene, rng_noise = _stage_generators(seed)
+    fov, thickness = _draw_acquisition(rng_acq, in_plane_size, slice_thickness, slice_thickness_range)
     sxy = fov / in_plane_size
     u = rng.uniform
     tis = _Tissues()
@@ -395,9 +405,10 @@ def generate_phantom(
     hu_liver, hu_spleen = u(90, 130), u(100, 130)
     aorta_arterial, aorta_venous = u(200, 400), u(150, 200)
     hu_aorta = aorta_arterial if cm else aorta_venous
-    hu_ivc = u(80, 120) if cm else u(130, 170)
-    cortex_a, medulla_a, homog = u(150, 250), u(60, 100), u(120, 200)
-    hu_cortex, hu_medulla = (cortex_a, medulla_a) if cm else (homog + u(-5, 5), homog + u(-5, 5))
+    ivc_arterial, ivc_venous = u(80, 120), u(130, 170)
+    hu_ivc = ivc_arterial if cm else ivc_venous
+    cortex_a, medulla_a, homog, jitter = u(150, 250), u(60, 100), u(120, 200), rng.uniform(-5, 5, 2)
+    hu_cortex, hu_medulla = (cortex_a, medulla_a) if cm else (homog + jitter[0], homog + jitter[1])
     hu_bone_c, hu_bone_k = u(200, 400), u(700, 1200)
 
     # ---- kidneys (z = 0 at the left kidney centre) ----
@@ -407,6 +418,8 @@ def generate_phantom(
     if single_kidney is not None:
         one_kidney = bool(single_kidney)
     kidneys: dict[int, _Ellipsoid] = {}
+    perirenal_margin: dict[int, float] = {}
+    pyramid_dirs: dict[int, np.ndarray] = {}
     for side in (1, -1):
         semi = np.array([u(25, 35), u(15, 25), u(50, 65)])
         axes = _kidney_axes(side, rng)
@@ -416,22 +429,31 @@ def generate_phantom(
         x_c = min(u(68, 90), wall_x - semi[0] - 10)
         z_c = -drop_right if side == 1 else 0.0
         kidneys[side] = _Ellipsoid([side * x_c, y_c, z_c], semi, axes)
+        perirenal_margin[side] = u(8, 18)
+        # Medullary pyramid directions (normalised kidney space), spread over the sphere except the hilum.
+        dirs = rng.standard_normal((48, 3))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        pyramid_dirs[side] = dirs[dirs[:, 0] < 0.4][: int(rng.integers(10, 15))]
     cortex_t = u(4, 8)
+    extent_draw, extent_split = u(150, 220), u(0.25, 0.75)
+    # The z range covers both kidney beds, also after a nephrectomy.
+    kidney_beds = list(kidneys.values())
     if one_kidney:
         del kidneys[lost_side]
     sides = sorted(kidneys)
 
     # ---- masses ----
-    n_tum = int(rng.choice([0, 1, 2, 3], p=[0.12, 0.68, 0.13, 0.07]))
-    n_cyst = int(rng.choice([0, 1, 2], p=[0.5, 0.35, 0.15]))
+    n_tum = int(rng_tum.choice([0, 1, 2, 3], p=[0.12, 0.68, 0.13, 0.07]))
+    n_cyst = int(rng_cyst.choice([0, 1, 2], p=[0.5, 0.35, 0.15]))
     n_tum = n_tum if num_tumours is None else num_tumours
     n_cyst = n_cyst if num_cysts is None else num_cysts
     shell_frac = 1 - np.prod(1 - cortex_t / np.mean([k.semi for k in kidneys.values()], axis=0))
     cortex_frac = shell_frac + (1 - shell_frac) * (0.25 if cm else 0.0)
     parenchyma = cortex_frac * hu_cortex + (1 - cortex_frac) * hu_medulla
     tumours = []
+    rng, u = rng_tum, rng_tum.uniform
     for _ in range(n_tum):
-        kid = kidneys[sides[int(rng.integers(0, len(sides)))]]
+        kid = kidneys[sides[int(rng.random() * len(sides))]]
         r = float(np.exp(u(np.log(8), np.log(40))))
         centre = _point_in_kidney(rng, kid, (0.35, 1.05))
         lobes = [_Ellipsoid(centre, r * rng.uniform(0.8, 1.2, 3), _random_axes(rng))]
@@ -444,20 +466,21 @@ def generate_phantom(
         hu_t = _sample_tumour_hu(rng, parenchyma, hu_cortex, hu_medulla, cm)
         tumours.append((lobes, necrosis, hu_t, u(10, 25)))
     cysts = []
+    rng, u = rng_cyst, rng_cyst.uniform
     for _ in range(n_cyst):
-        kid = kidneys[sides[int(rng.integers(0, len(sides)))]]
+        kid = kidneys[sides[int(rng.random() * len(sides))]]
         r = u(5, 25)
         cysts.append((_Ellipsoid(_point_in_kidney(rng, kid, (0.5, 1.05)), [r, r, r]), u(0, 20)))
 
     # ---- z extent: both kidneys and all masses, with margin, 150-220 mm ----
-    all_kidneys = list(kidneys.values())
-    objs = all_kidneys + [lobe for t in tumours for lobe in t[0]] + [c[0] for c in cysts]
+    objs = kidney_beds + [lobe for t in tumours for lobe in t[0]] + [c[0] for c in cysts]
     z_lo = min(o.centre[2] - o.half_extent()[2] for o in objs)
     z_hi = max(o.centre[2] + o.half_extent()[2] for o in objs)
-    extent = max(u(150, 220), z_hi - z_lo + 20)
+    extent = max(extent_draw, z_hi - z_lo + 20)
     spare = extent - (z_hi - z_lo)
-    z_bottom = z_lo - spare * u(0.25, 0.75)
+    z_bottom = z_lo - spare * extent_split
     nz = max(int(round(extent / thickness)), 8)
+    rng, u = rng_scene, rng_scene.uniform
     offset = (u(-10, 10), u(0, max(min(30.0, fov / 2 - half_ap - 25), 0)))
     grid = _Grid((in_plane_size, in_plane_size, nz), (sxy, sxy, thickness), offset, z_bottom)
     z = grid.coords[2]
@@ -516,7 +539,9 @@ def generate_phantom(
             ell_in = _Ellipsoid(c, np.maximum(semi - wall_t, 1), ell.axes)
             _paint_ellipsoid(vol, grid, ell_in, content, inner)
     # Stomach in the upper left with an air-fluid level (gas rises anteriorly in a supine patient).
-    st = _Ellipsoid([-u(0.2, 0.45) * inner_w, u(0.25, 0.45) * inner_ap, z_top + u(-10, 30)], [u(40, 60), u(30, 45), u(50, 70)])
+    st = _Ellipsoid(
+        [-u(0.2, 0.45) * inner_w, u(0.25, 0.45) * inner_ap, z_top + u(-10, 30)], [u(40, 60), u(30, 45), u(50, 70)]
+    )
     _paint_ellipsoid(vol, grid, st, wall, inner)
     got = _Ellipsoid(st.centre, st.semi - 4).mask(grid)
     if got is not None:
@@ -526,6 +551,7 @@ def generate_phantom(
         _paint(vol, sl, m & (grid.axis(1, sl[1]) > level), gas, inner)
     # Ascending (right) and descending (left) colon run head-foot along the flanks, with mottled stool.
     for side in (1, -1):
+        mottle_rng = np.random.default_rng(int(rng.integers(0, 2**62)))
         r = u(14, 24)
         cx = side * (inner_w - r - u(5, 25)) + u(-5, 5) * np.sin(zn * u(2, 6) + u(0, 6))
         cy = y_vert + u(15, 45) + u(-5, 5) * np.cos(zn * u(2, 6))
@@ -538,7 +564,7 @@ def generate_phantom(
         got_in = _tube_mask(grid, cx, cy, r - 3, r * 0.9 - 3, zsel)
         if got_in is not None:
             sl2, m2 = got_in
-            mot = _smooth_noise(rng, m2.shape, (1.5, 1.5, 0.8)) > u(-0.5, 0.3)
+            mot = _smooth_noise(mottle_rng, m2.shape, (1.5, 1.5, 0.8)) > mottle_rng.uniform(-0.5, 0.3)
             _paint(vol, sl2, m2 & mot, gas, inner)
             _paint(vol, sl2, m2 & ~mot, stool_soft, inner)
 
@@ -555,11 +581,12 @@ def generate_phantom(
         [u(0.35, 0.5) * inner_w, u(0.25, 0.35) * inner_ap, u(50, 70)],
     )
     keep_liver = None
+    cut_fx, cut_fy = u(0.3, 0.7), u(0.0, 0.5)
     if 1 in kidneys:
         # The liver lies anterolateral to the right kidney, never behind or medial to it.
         kr = kidneys[1]
-        cut_x = kr.centre[0] + u(0.3, 0.7) * kr.semi[0]
-        cut_y = kr.centre[1] + u(0.0, 0.5) * kr.semi[1]
+        cut_x = kr.centre[0] + cut_fx * kr.semi[0]
+        cut_y = kr.centre[1] + cut_fy * kr.semi[1]
 
         def keep_liver(x, y, z):
             return (x > cut_x) | (y > cut_y)
@@ -581,13 +608,16 @@ def generate_phantom(
         for side in (1, -1):
             depth = u(5, 35)
             sz = u(120, 180)
-            ell = _Ellipsoid([side * u(0.4, 0.55) * inner_w, y_vert - u(0, 15), z_top + sz - depth], [u(0.35, 0.45) * inner_w, u(0.45, 0.6) * inner_ap, sz])
+            ell = _Ellipsoid(
+                [side * u(0.4, 0.55) * inner_w, y_vert - u(0, 15), z_top + sz - depth],
+                [u(0.35, 0.45) * inner_w, u(0.45, 0.6) * inner_ap, sz],
+            )
             _paint_ellipsoid(vol, grid, ell, lung, inner)
 
     # ---- perirenal fat (before the muscles so psoas/spine stay visible beside it) ----
     perirenal = tis.add(u(-115, -85))
-    for kid in kidneys.values():
-        margin = u(8, 18)
+    for side, kid in kidneys.items():
+        margin = perirenal_margin[side]
         _paint_ellipsoid(vol, grid, _Ellipsoid(kid.centre, kid.semi + margin, kid.axes), perirenal, inner)
 
     # ---- spine and back muscles ----
@@ -640,8 +670,7 @@ def generate_phantom(
     # ---- kidneys: cortex, medullary pyramids, fatty sinus opening anteromedially ----
     cortex, medulla = tis.add(hu_cortex, 1), tis.add(hu_medulla, 1)
     sinus = tis.add(u(-100, -50))
-    n_pyr = int(rng.integers(10, 15))
-    for kid in kidneys.values():
+    for side, kid in kidneys.items():
         got = kid.local(grid)
         if got is None:
             continue
@@ -653,12 +682,8 @@ def generate_phantom(
         # Medullary pyramids: dark ovals fanning around the sinus, under a cortex_t-thick cortex.
         outer_r = 1 - cortex_t / a
         rad = max((outer_r - 0.35) / 2, 0.1)
-        # Directions (normalised kidney space) spread over the sphere except towards the hilum.
-        dirs = rng.standard_normal((4 * n_pyr, 3))
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        dirs = dirs[dirs[:, 0] < 0.4][:n_pyr]
         reach = max(rad, 0.27) * kid.semi
-        for d in dirs:
+        for d in pyramid_dirs[side]:
             cn = (0.35 + rad) * d
             cw = kid.centre + kid.axes.T @ (cn * kid.semi)
             hw = np.abs(kid.axes.T) @ reach
@@ -690,7 +715,7 @@ def generate_phantom(
         if sl is not None:
             shape = tuple(s.stop - s.start for s in sl)
             sig = np.clip(u(2.0, 4.0) / grid.spacing, 0.5, None)
-            textures.append((sl, tid, tex_amp * _smooth_noise(rng, shape, sig)))
+            textures.append((sl, tid, tex_amp * _smooth_noise(rng_tum, shape, sig)))
 
     # ---- intensities: tissue LUT, tumour texture, partial-volume blur + correlated noise ----
     hu_lut = np.asarray(tis.hu, dtype=np.float32)
@@ -699,11 +724,12 @@ def generate_phantom(
     img = hu_lut[vol]
     for sl, tid, tex in textures:
         np.putmask(img[sl], vol[sl] == tid, img[sl] + tex)
-    sigma_noise = u(10, 20) if rng.random() < 0.8 else u(20, 40)
+    standard, low_dose = rng_noise.uniform(10, 20), rng_noise.uniform(20, 40)
+    sigma_noise = standard if rng_noise.random() < 0.8 else low_dose
     gain = 1.0 / np.prod([_gauss_kernel_energy(s) for s in _PV_SIGMA])
     # Uniform white noise is several times cheaper to draw than normal; after the blur below each voxel
     # sums ~10 independent draws, so the result is Gaussian for all practical purposes.
-    noise = rng.random(grid.shape, dtype=np.float32)
+    noise = rng_noise.random(grid.shape, dtype=np.float32)
     noise -= np.float32(0.5)
     noise *= np.float32(sigma_noise * gain * np.sqrt(12.0))
     img += noise
@@ -743,8 +769,9 @@ def ras_to_kits(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.n
 def _save_atomic(img: nib.Nifti1Image, path: str) -> None:
     """Save to a temporary name in the target folder, then rename, so readers never see half a file."""
     folder, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp.nii.gz", dir=folder)
-    os.close(fd)
+    # A unique name that nibabel itself creates (so the file gets normal permissions, unlike mkstemp's
+    # 0600); the .nii.gz suffix keeps nibabel's format and compression choice.
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp.nii.gz")
     try:
         nib.save(img, tmp)
         os.replace(tmp, path)

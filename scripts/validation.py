@@ -8,14 +8,18 @@ not look like CT in Hounsfield units are a warning).
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import struct
 import tempfile
 import warnings
+import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
@@ -39,7 +43,7 @@ def check_image_file(path: str | os.PathLike, role: str = "image") -> tuple[int,
     """Check that ``path`` is a readable 3D volume; return its spatial shape (None for a DICOM folder).
 
     Raises:
-        InputError: missing or empty path, unreadable NIfTI header, or not a 3D image.
+        InputError: missing or empty path, unreadable NIfTI header, voxel data cut short, or not a 3D image.
     """
     path = Path(path)
     if not path.exists():
@@ -53,15 +57,49 @@ def check_image_file(path: str | os.PathLike, role: str = "image") -> tuple[int,
     if not _is_nifti(path):
         return None  # other formats (nrrd, mha, ...) are read by ITK; checked after loading
     try:
-        shape = tuple(int(s) for s in nib.load(str(path)).shape)
+        image = nib.load(str(path))
+        shape = tuple(int(s) for s in image.shape)
+        data_end = int(image.dataobj.offset) + int(np.prod(shape)) * image.get_data_dtype().itemsize
     except Exception as exc:  # nibabel raises several types for damaged files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: cannot be read as NIfTI, the file is corrupt or not NIfTI ({reason})") from None
+    _check_data_complete(path, data_end, role)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
         raise InputError(f"{path}: is a {len(shape)}D image with shape {shape}; a 3D CT volume is required")
     return shape
+
+
+def _check_data_complete(path: Path, data_end: int, role: str) -> None:
+    """Raise if the voxel data of a NIfTI whose header was readable end early (interrupted download or copy).
+
+    The header alone does not show it, and the loader would only fail later, deep inside zlib. For
+    ``.nii.gz`` the gzip trailer stores the uncompressed size (mod 2**32): when it equals the size the
+    header implies, the file is complete (one seek, no decompression); otherwise - truncation, or a
+    multi-member gzip whose trailer covers only the last member - the stream is decompressed to be sure.
+    """
+    if not path.name.lower().endswith(".gz"):
+        size = path.stat().st_size
+        if size < data_end:
+            raise InputError(f"{path}: {role} file is truncated ({size} bytes, the header needs {data_end}); "
+                             "copy or download it again")
+        return
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        if struct.unpack("<I", f.read(4))[0] == data_end % 2**32:
+            return
+    size = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                size += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise InputError(f"{path}: {role} file is truncated or damaged, its compressed data cannot be read "
+                         f"({str(exc) or type(exc).__name__}); copy or download it again") from None
+    if size < data_end:
+        raise InputError(f"{path}: {role} file is truncated ({size} bytes uncompressed, the header needs "
+                         f"{data_end}); copy or download it again")
 
 
 def check_datalist(items: Sequence[Mapping], require_label: bool = True, image_key: str = "image",

@@ -9,7 +9,6 @@ import csv
 import json
 import logging
 import math
-import time
 import warnings
 from pathlib import Path
 
@@ -295,7 +294,8 @@ ROWS = [
 def test_summarise_ignores_nan():
     s = summarise_metrics(ROWS)
     assert s["n_cases"] == 3
-    assert s["metrics"]["tumour_dice"] == {"mean": 0.5, "std": pytest.approx(np.std([0.5, 0, 1])), "median": 0.5, "n": 3}
+    expected_dice = {"mean": 0.5, "std": pytest.approx(np.std([0.5, 0, 1])), "median": 0.5, "n": 3}
+    assert s["metrics"]["tumour_dice"] == expected_dice
     assert s["metrics"]["tumour_hd95_mm"]["mean"] == 2.0 and s["metrics"]["tumour_hd95_mm"]["n"] == 2
     assert s["status_counts"] == {"tumour_status": {"ok": 2, "pred_empty": 1}}
     assert "case" not in s["metrics"] and "tumour_status" not in s["metrics"]
@@ -467,7 +467,6 @@ def test_real_kits23_mask(case):
     plus a 1-voxel margin before calling MONAI (test_internal_crop_matches_monai_on_full_volume shows this does not
     change the numbers), so the full 512 x 512 volume is passed as is.
     """
-    t0 = time.perf_counter()
     seg, affine, zooms = _load_kits_mask(case)
     assert zooms[0] == pytest.approx(5.0) and seg.shape[1:] == (512, 512)
     label = MetaTensor(torch.from_numpy(seg)[None], affine=torch.as_tensor(affine))
@@ -497,4 +496,3 @@ def test_real_kits23_mask(case):
     assert 0.5 * in_plane_mm <= row["kidney_and_masses_hd95_mm"] <= math.sqrt(2) * in_plane_mm + 1e-4
     assert 0.99 < row["kidney_and_masses_nsd"] < 1.0  # nearly all within 2 mm; slices that vanish are 5 mm off
     assert row["kidney_and_masses_pred_ml"] < row["kidney_and_masses_true_ml"]
-    assert time.perf_counter() - t0 < 20

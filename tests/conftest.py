@@ -1,0 +1,49 @@
+"""Shared pytest fixtures: repository paths, real data locations, tiny synthetic phantoms and weights."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = BUNDLE_ROOT.parent / "shared" / "data"
+if str(BUNDLE_ROOT) not in sys.path:
+    sys.path.insert(0, str(BUNDLE_ROOT))
+os.environ.setdefault("PYTHONPATH", str(BUNDLE_ROOT))
+
+# A WP-UNet small enough for CPU tests; every workflow test uses these overrides.
+TINY_OVERRIDES = {"network_def#channels": [4, 8, 16], "network_def#strides": [2, 2], "slice_size": [64, 64]}
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared/data; skips the calling test (with the reason) when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """Four small synthetic KiTS-layout phantoms (96x96 in-plane, 5 mm slices; both storage layouts)."""
+    from scripts.phantoms import generate_dataset
+
+    out = tmp_path_factory.mktemp("phantoms")
+    generate_dataset(str(out), num_cases=4, seed=3, in_plane_size=96, slice_thickness_range=(5.0, 5.0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Randomly initialised weights of the tiny network (geometry tests do not need a trained model)."""
+    from scripts.networks import WPUNet
+
+    torch.manual_seed(0)
+    net = WPUNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8, 16), strides=(2, 2))
+    path = tmp_path_factory.mktemp("weights") / "model.pt"
+    torch.save({"model": net.state_dict()}, path)
+    return path
