@@ -27,7 +27,8 @@ DEMO_OVERLAY = "configs/demo.json"
 
 def _run(args: list[str], log_path: Path) -> float:
     """Run one bundle command, echo it, tee its output to ``log_path``; return seconds taken."""
-    print("\n$ " + " ".join(shlex.quote(a) for a in args), flush=True)
+    shown = ["python" if a == sys.executable else a for a in args]
+    print("\n$ " + " ".join(shlex.quote(a) for a in shown), flush=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:
         process = subprocess.Popen(args, cwd=BUNDLE_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -42,7 +43,8 @@ def _run(args: list[str], log_path: Path) -> float:
 
 
 def _bundle(run_id: str, config_files: list[str], **overrides) -> list[str]:
-    args = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(config_files),
+    config_list = "[" + ",".join(f"'{name}'" for name in config_files) + "]"
+    args = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_list,
             "--bundle_root", str(BUNDLE_ROOT), "--logging_file", "configs/logging.conf"]
     for key, value in overrides.items():
         args += [f"--{key}", value if isinstance(value, str) else repr(value) if isinstance(value, bool) else json.dumps(value)]

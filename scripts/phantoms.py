@@ -26,8 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Sequence
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -140,9 +139,9 @@ class _Ellipsoid:
     def half_extent(self) -> np.ndarray:
         return np.sqrt(((self.axes * self.semi[:, None]) ** 2).sum(axis=0))
 
-    def local(self, grid: _Grid, pad: float = 0.0) -> tuple[tuple[slice, slice, slice], list[np.ndarray]] | None:
+    def local(self, grid: _Grid) -> tuple[tuple[slice, slice, slice], list[np.ndarray]] | None:
         """Bounding-box slices and the local coordinates (mm, broadcastable) inside that box."""
-        h = self.half_extent() + pad
+        h = self.half_extent()
         sl = grid.bbox(self.centre - h, self.centre + h)
         if sl is None:
             return None
@@ -160,27 +159,33 @@ class _Ellipsoid:
             loc.append(acc)
         return loc
 
-    def mask(self, grid: _Grid, scale: float = 1.0) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
-        """Bounding-box slices and the boolean mask of the ellipsoid (semi-axes times ``scale``)."""
-        got = self.local(grid, pad=max(scale - 1.0, 0.0) * float(self.semi.max()))
+    def mask(self, grid: _Grid) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+        """Bounding-box slices and the boolean mask of the ellipsoid; None when it misses the grid."""
+        got = self.local(grid)
         if got is None:
             return None
         sl, loc = got
-        q = sum((c / np.float32(s * scale)) ** 2 for c, s in zip(loc, self.semi))
+        q = sum((c / np.float32(s)) ** 2 for c, s in zip(loc, self.semi))
         return sl, np.broadcast_to(q <= 1.0, tuple(s.stop - s.start for s in sl))
 
 
 def _paint(vol: np.ndarray, sl, mask: np.ndarray, value: int, within: np.ndarray | None = None) -> None:
+    """Set tissue id ``value`` where ``mask`` (a block at ``sl``), optionally only inside ``within``."""
     if within is not None:
         mask = mask & within[sl]
     np.putmask(vol[sl], mask, value)
 
 
 def _paint_ellipsoid(
-    vol, grid, ell: _Ellipsoid, value: int, within=None, scale: float = 1.0, keep: Callable | None = None
+    vol: np.ndarray,
+    grid: _Grid,
+    ell: _Ellipsoid,
+    value: int,
+    within: np.ndarray | None = None,
+    keep: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> None:
     """Paint an ellipsoid; ``keep(x, y, z)`` (broadcast mm coordinates) can cut it further."""
-    got = ell.mask(grid, scale)
+    got = ell.mask(grid)
     if got is not None:
         sl, m = got
         if keep is not None:
@@ -216,6 +221,7 @@ def _tube_mask(grid: _Grid, cx: np.ndarray, cy: np.ndarray, rx, ry, zsel: np.nda
 
 
 def _paint_tube(vol, grid, value, cx, cy, rx, ry, zsel=None, within=None) -> None:
+    """Paint a :func:`_tube_mask` tube with tissue id ``value``."""
     got = _tube_mask(grid, cx, cy, rx, ry, zsel)
     if got is not None:
         _paint(vol, got[0], got[1], value, within)
@@ -347,9 +353,12 @@ def generate_phantom(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generate one SYNTHETIC KiTS-like abdominal CT phantom (test/demo data, not clinical evidence).
 
-    Every size, position and HU value is drawn per case from ``np.random.default_rng(seed)``, so the same
-    arguments always give the same arrays. The overrides (``phase``, ``num_tumours``, ...) replace a draw
-    without shifting the random stream, so the rest of the case stays the same.
+    Every size, position and HU value is drawn per case from generators spawned from
+    ``np.random.SeedSequence(seed)`` (one per stage), so the same arguments always give the same arrays.
+    ``phase`` and ``single_kidney`` replace a draw without shifting any other draw: the rest of the case
+    is unchanged (with ``phase`` even the label map is identical). ``num_tumours``/``num_cysts`` leave the
+    anatomy unchanged but may lengthen the z range to hold the masses. ``in_plane_size`` only changes the
+    pixel size: the same seed gives the same patient, FOV and slice thickness at every size.
 
     Args:
         seed: random seed; the case is a deterministic function of all arguments.

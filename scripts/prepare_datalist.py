@@ -83,9 +83,18 @@ def write_datalist(datalist: dict, output: str | os.PathLike) -> str:
     """Write ``datalist`` as JSON atomically (temporary file, then rename)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=output.parent, suffix=".tmp", delete=False) as f:
-        json.dump(datalist, f, indent=2)
-    os.replace(f.name, output)
+    text = json.dumps(datalist, indent=2)  # fails before any file is created if datalist is not JSON
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0o600 would make the datalist private to its creator
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return str(output)
 
 

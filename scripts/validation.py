@@ -22,15 +22,18 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import LoadImage, LoadImaged, MapTransform
 
 from .errors import InputError
 
-__all__ = ["check_image_file", "check_datalist", "check_output_dir", "check_weights_file", "ValidateCTd", "NIFTI_SUFFIXES"]
+__all__ = ["check_image_file", "check_datalist", "check_output_dir", "check_weights_file", "ValidateCTd",
+           "LoadImageCheckedd", "NIFTI_SUFFIXES"]
 
 logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# What readers raise for damaged data: gzip CRC/EOF errors, ITK "could not create IO object", "no DICOMs in".
+_READ_ERRORS = (OSError, EOFError, RuntimeError, ValueError, zlib.error)
 # Abdominal CT always holds air (about -1000 HU) around the body or in bowel; MR and rescaled images don't.
 _MIN_EXPECTED_HU = -200.0
 
@@ -134,6 +137,41 @@ def check_output_dir(path: str | os.PathLike) -> str:
     except OSError as exc:
         raise InputError(f"{path}: output folder cannot be written ({exc.strerror or exc})") from None
     return str(path)
+
+
+class _LoaderNamingFile:
+    """Wraps a :class:`monai.transforms.LoadImage`: a reader failure becomes an :class:`InputError` naming the file."""
+
+    def __init__(self, loader: LoadImage) -> None:
+        self.loader = loader
+        self.image_only = loader.image_only  # the two members LoadImaged uses besides the call
+
+    def register(self, reader) -> None:
+        self.loader.register(reader)
+
+    def __call__(self, filename, reader=None):
+        try:
+            return self.loader(filename, reader)
+        except InputError:
+            raise
+        except _READ_ERRORS as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = lines[0][:200] if lines else type(exc).__name__
+            raise InputError(f"{filename}: cannot be read ({reason}); the file is truncated or damaged, or not an "
+                             "image MONAI reads (NIfTI, NRRD, MHA, or a folder holding one DICOM series)") from exc
+
+
+class LoadImageCheckedd(LoadImaged):
+    """``LoadImaged`` whose reader failures raise one :class:`InputError` naming the file that failed.
+
+    The header checks (:func:`check_image_file`) cannot see damage inside the compressed voxel data, or in
+    formats other than NIfTI; without this, such a file stops a run with a traceback from gzip or ITK.
+    Takes the same arguments as ``LoadImaged``.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._loader = _LoaderNamingFile(self._loader)
 
 
 class ValidateCTd(MapTransform):

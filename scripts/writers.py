@@ -39,10 +39,26 @@ def label_volumes_ml(label: np.ndarray, affine: np.ndarray, label_names: Mapping
     return volumes
 
 
+def _publish(tmp: str, target: Path) -> None:
+    """Move a finished temporary file onto ``target`` with the permissions a plain ``open`` would give it.
+
+    ``mkstemp`` creates files readable by their owner only (0o600); the outputs are meant to be shared.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, target)
+
+
 def _atomic_write_bytes(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(text)
-    os.replace(f.name, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        _publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class SaveSegmentationd(MapTransform):
@@ -105,7 +121,7 @@ class SaveSegmentationd(MapTransform):
         os.close(fd)
         try:
             nib.save(image, tmp)
-            os.replace(tmp, target)
+            _publish(tmp, target)
         except OSError as exc:
             Path(tmp).unlink(missing_ok=True)
             raise InputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
@@ -120,6 +136,7 @@ class SaveSegmentationd(MapTransform):
             header = nib.load(source).header.copy()
             header.set_data_dtype(np.uint8)
             header.set_slope_inter(1.0, 0.0)
+            header["cal_min"], header["cal_max"] = 0, 0  # a CT display window would hide labels 1..3 in viewers
             image = nib.Nifti1Image(label, None, header=header)
             if np.allclose(image.header.get_best_affine(), affine, atol=1e-4):
                 return image
