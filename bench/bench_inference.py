@@ -257,28 +257,39 @@ def time_stages(config_files: list[Path], overrides: dict, weights: str, label_p
     decollate = Decollated(keys=None, detach=True)
 
     runs: list[dict] = []
+    mem_runs: list[dict] = []
     info: dict = {}
     for _ in range(repeats):
         gc.collect()
         row: dict[str, float] = {}
-        item = dict(datalist[0])
-        t0 = _now()
-        d = pre_t[0](item)
-        row["read"] = _now() - t0
-        for t in pre_t[1:]:
+        mem: dict[str, float] = {}  # peak RSS (MB) of this process while the stage ran (VmHWM reset before it)
+
+        def timed(name: str, fn, *a):
+            _reset_peak_rss()
             t0 = _now()
-            d = t(d)
-            row[f"pre.{type(t).__name__}"] = _now() - t0
+            out = fn(*a)
+            row[name] = _now() - t0
+            mem[name] = round(_proc_status_kb("self", "VmHWM") / 1024, 1)
+            return out
+
+        mem["before"] = round(_proc_status_kb("self", "VmRSS") / 1024, 1)
+        d = timed("read", pre_t[0], dict(datalist[0]))
+        for t in pre_t[1:]:
+            d = timed(f"pre.{type(t).__name__}", t, d)
         row["preprocess"] = sum(v for k, v in row.items() if k.startswith("pre."))
-        t0 = _now()
-        batch = list_data_collate([d])
-        with torch.no_grad():
-            inputs = batch["image"].to(device)
-            t1 = _now()
-            pred = inferer(inputs, net)
-        row["network"] = _now() - t1
-        items = [dict(b, **o) for b, o in zip(decollate(batch), decollate({"image": inputs, "label": None, "pred": pred}))]
-        row["collate+decollate"] = _now() - t0 - row["network"]
+        mem["preprocess"] = max(v for k, v in mem.items() if k.startswith("pre."))
+        batch = timed("collate", list_data_collate, [d])
+
+        def infer(batch):
+            with torch.no_grad():
+                inputs = batch["image"].to(device)
+                return inputs, inferer(inputs, net)
+
+        inputs, pred = timed("network", infer, batch)
+        items = timed("decollate", lambda: [dict(b, **o) for b, o in zip(
+            decollate(batch), decollate({"image": inputs, "label": None, "pred": pred}))])
+        row["collate+decollate"] = row.pop("collate") + row.pop("decollate")
+        mem["collate+decollate"] = max(mem.pop("collate"), mem.pop("decollate"))
         data = items[0]
         del batch, inputs, pred, items, d
         info["network_input_shape"] = list(data["image"].shape)
@@ -287,28 +298,21 @@ def time_stages(config_files: list[Path], overrides: dict, weights: str, label_p
         gt_data = dict(data, pred=_gt_prediction(label_path, data["pred"], slice_size)) if gt_post else None
 
         def post_chain(dd: dict, prefix: str) -> dict:
-            t0 = _now()
-            dd = post_t["AsDiscreted"](dd)
-            row[f"{prefix}argmax"] = _now() - t0
+            dd = timed(f"{prefix}argmax", post_t["AsDiscreted"], dd)
             fg = (np.asarray(dd["pred"]) > 0)[0]
             stats = {"foreground_fraction_model_grid": round(float(fg.mean()), 5),
                      "components_before_lcc": int(ndimage.label(fg)[1])}
-            row[f"{prefix}lcc"] = 0.0
+            row[f"{prefix}lcc"], mem[f"{prefix}lcc"] = 0.0, 0.0
             if "KeepLargestConnectedComponentd" in post_t:
-                t0 = _now()
-                dd = post_t["KeepLargestConnectedComponentd"](dd)
-                row[f"{prefix}lcc"] = _now() - t0
+                dd = timed(f"{prefix}lcc", post_t["KeepLargestConnectedComponentd"], dd)
             row[f"{prefix}argmax+lcc"] = row[f"{prefix}argmax"] + row[f"{prefix}lcc"]
+            mem[f"{prefix}argmax+lcc"] = max(mem[f"{prefix}argmax"], mem[f"{prefix}lcc"])
             stats["foreground_fraction_after_lcc"] = round(float((np.asarray(dd["pred"]) > 0).mean()), 5)
             stats["label_dtype_before_invertd"] = str(dd["pred"].dtype)
-            t0 = _now()
-            dd = post_t["Invertd"](dd)
-            row[f"{prefix}invertd"] = _now() - t0
+            dd = timed(f"{prefix}invertd", post_t["Invertd"], dd)
             stats["label_dtype_after_invertd"] = str(dd["pred"].dtype)
             stats["label_shape_after_invertd"] = list(dd["pred"].shape)
-            t0 = _now()
-            dd = writer(dd)
-            row[f"{prefix}write"] = _now() - t0
+            timed(f"{prefix}write", writer, dd)
             return stats
 
         info["prediction_random_weights"] = post_chain(data, "")
@@ -322,9 +326,13 @@ def time_stages(config_files: list[Path], overrides: dict, weights: str, label_p
         row["sum_of_stages"] = sum(row[k] for k in ("read", "preprocess", "network", "collate+decollate",
                                                     "argmax+lcc", "invertd", "write"))
         runs.append(row)
+        mem_runs.append(mem)
         gc.collect()
     result = {k: _median([r[k] for r in runs]) for k in runs[0]}
     result["runs"] = [{k: round(v, 4) for k, v in r.items()} for r in runs]
+    result["peak_rss_mb"] = {k: max(m[k] for m in mem_runs) for k in mem_runs[0]}
+    result["peak_rss_note"] = ("in-process per-stage run: VmHWM reset (/proc/self/clear_refs) before each stage; "
+                               "'before' is the RSS when the stages start (Python, torch, MONAI, the network)")
     result.update(info)
     n_slices = info["network_input_shape"][-1]
     result["network_slices"] = n_slices
@@ -346,6 +354,15 @@ def _proc_status_kb(pid: int | str, field: str) -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def _reset_peak_rss() -> None:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); silently does nothing elsewhere."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _pss_kb(pid: int) -> int:
@@ -554,6 +571,17 @@ def render_markdown(res: dict) -> str:
             lines.append(f"| {k} (ground-truth-like prediction) |"
                          + "".join(f" {_fmt(res['networks'][n]['stages'].get(k), 3)} |" for n in nets))
     lines.append("")
+    if all("peak_rss_mb" in res["networks"][n]["stages"] for n in nets):
+        lines += ["### Peak RSS per stage (in-process per-stage run)", "",
+                  "`VmHWM` reset through `/proc/self/clear_refs` before each stage; the process holds Python, torch, "
+                  "MONAI, the network and the data of earlier stages (row 'before' = RSS when the stages start).", "",
+                  "| Stage |" + "".join(f" {n} net peak RSS (MB) |" for n in nets), "|---|" + "---:|" * len(nets)]
+        for k in ["before", "read", "preprocess", "network", "argmax+lcc", "invertd", "write",
+                  "gt.argmax+lcc", "gt.invertd", "gt.write"]:
+            if k in res["networks"][nets[0]]["stages"]["peak_rss_mb"]:
+                lines.append(f"| {k} |" + "".join(
+                    f" {res['networks'][n]['stages']['peak_rss_mb'].get(k, 0):.0f} |" for n in nets))
+        lines.append("")
     # ---- network throughput + memory
     lines += ["## Network throughput and peak memory", "",
               "| | " + " | ".join(f"{n} net" for n in nets) + " |", "|---|" + "---:|" * len(nets)]

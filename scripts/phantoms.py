@@ -430,7 +430,7 @@ def generate_phantom(
     perirenal_margin: dict[int, float] = {}
     pyramid_dirs: dict[int, np.ndarray] = {}
     for side in (1, -1):
-        semi = np.array([u(25, 35), u(15, 25), u(50, 65)])
+        semi = np.array([u(27, 35), u(17, 25), u(52, 65)])  # 5.4-7 x 3.4-5 x 10.4-13 cm, ~130-240 mL
         axes = _kidney_axes(side, rng)
         y_c = y_vert + u(-5, 15)
         # Lateral position, kept inside the muscle wall at that depth.
@@ -461,9 +461,12 @@ def generate_phantom(
     parenchyma = cortex_frac * hu_cortex + (1 - cortex_frac) * hu_medulla
     tumours = []
     rng, u = rng_tum, rng_tum.uniform
-    for _ in range(n_tum):
+    for i_tum in range(n_tum):
         kid = kidneys[sides[int(rng.random() * len(sides))]]
-        r = float(np.exp(u(np.log(8), np.log(40))))
+        # The primary mass is 12-40 mm in radius (KiTS23 masks: median ~13 mm, quartiles 11-19 mm; kept a
+        # little larger so the class is learnable at demo resolution); further masses are 8-25 mm.
+        r_lo, r_hi = (12.0, 40.0) if i_tum == 0 else (8.0, 25.0)
+        r = float(np.exp(u(np.log(r_lo), np.log(r_hi))))
         centre = _point_in_kidney(rng, kid, (0.35, 1.05))
         lobes = [_Ellipsoid(centre, r * rng.uniform(0.8, 1.2, 3), _random_axes(rng))]
         for _ in range(int(rng.integers(0, 4))):

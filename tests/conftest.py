@@ -14,6 +14,8 @@ SHARED_DATA = BUNDLE_ROOT.parent / "shared" / "data"
 if str(BUNDLE_ROOT) not in sys.path:
     sys.path.insert(0, str(BUNDLE_ROOT))
 os.environ.setdefault("PYTHONPATH", str(BUNDLE_ROOT))
+# Tiny networks run faster on one thread, and CI shares two cores with subprocess workflow runs.
+torch.set_num_threads(1)
 
 # A WP-UNet small enough for CPU tests; every workflow test uses these overrides.
 TINY_OVERRIDES = {"network_def#channels": [4, 8, 16], "network_def#strides": [2, 2], "slice_size": [64, 64]}

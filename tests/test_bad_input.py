@@ -21,6 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from monai.bundle import ConfigWorkflow
 
 from conftest import BUNDLE_ROOT, TINY_OVERRIDES
@@ -44,6 +45,15 @@ needs_checked_loader = pytest.mark.xfail(
 def _restore_excepthook(monkeypatch):
     """The workflow's ``initialize`` installs the one-line excepthook; keep it out of the test process."""
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny CPU tensors: a second intra-op thread costs more than it saves, and ten times more under load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def ct_volume(shape=(16, 16, 6), dtype=np.int16) -> np.ndarray:
@@ -126,13 +136,15 @@ def _random_bytes(root: Path) -> tuple[Path, str]:
     return root / "scan.nii.gz", "cannot be read as NIfTI"
 
 
+def _noise_nii_gz() -> bytes:
+    """A valid .nii.gz (64x64x40 int16 noise, which compresses little, so cuts land in voxel data)."""
+    volume = np.random.default_rng(0).integers(-1000, 500, (64, 64, 40), dtype=np.int16)
+    return gzip.compress(nib.Nifti1Image(volume, np.eye(4)).to_bytes())
+
+
 def _truncated_gzip(root: Path) -> tuple[Path, str]:
     """Header readable, compressed data cut in the middle (an interrupted download)."""
-    full = save_nifti(root / "full" / "scan.nii.gz", np.random.default_rng(0).integers(-1000, 500, (64, 64, 40),
-                                                                                        dtype=np.int16))
-    data = full.read_bytes()
-    full.unlink()
-    full.parent.rmdir()
+    data = _noise_nii_gz()
     (root / "scan.nii.gz").write_bytes(data[: len(data) // 2])
     return root / "scan.nii.gz", "truncated"
 
@@ -170,11 +182,9 @@ def test_bad_image_named(tmp_path, tiny_weights, make):
 
 def _lost_middle(root: Path) -> tuple[Path, str]:
     """Header and gzip trailer intact, compressed data in between lost: the size check cannot see it."""
-    path = save_nifti(root / "scan.nii.gz", np.random.default_rng(0).integers(-1000, 500, (64, 64, 40),
-                                                                              dtype=np.int16))
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2] + data[-8:])  # the trailer holds CRC32 and uncompressed size
-    return path, "cannot be read"
+    data = _noise_nii_gz()
+    (root / "scan.nii.gz").write_bytes(data[: len(data) // 2] + data[-8:])  # trailer: CRC32, uncompressed size
+    return root / "scan.nii.gz", "cannot be read"
 
 
 def _not_dicom_folder(root: Path) -> tuple[Path, str]:
@@ -367,6 +377,7 @@ def test_cli_missing_input(tmp_path, tiny_weights):
 
 @pytest.mark.slow
 def test_cli_truncated_gzip(tmp_path, tiny_weights):
+    (tmp_path / "in").mkdir()
     scan, _ = _truncated_gzip(tmp_path / "in")
     result = run_cli("--input_path", str(scan), "--output_dir", str(tmp_path / "out"),
                      "--model_path", str(tiny_weights))

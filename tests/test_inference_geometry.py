@@ -56,6 +56,15 @@ def _restore_excepthook(monkeypatch):
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny CPU tensors: a second intra-op thread costs more than it saves, and ten times more under load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def threshold_weights(tmp_path_factory) -> Path:
     """ThresholdNet has no parameters; the checkpoint loader still wants a file."""
@@ -226,7 +235,6 @@ def test_input_layouts(tmp_path, tiny_weights, make):
 
 
 # ---------------------------------------------------------------- real data
-@pytest.mark.slow
 def test_real_ct_tiny_network(tmp_path, tiny_weights):
     """The TotalSegmentator example CT (int32, RAS, 122x101x112) and its 30-slice crop (int16)."""
     folder = tmp_path / "in"
