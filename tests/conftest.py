@@ -49,3 +49,9 @@ def tiny_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "model.pt"
     torch.save({"model": net.state_dict()}, path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _restore_excepthook(monkeypatch):
+    """A workflow's ``initialize`` installs the one-line excepthook; keep it out of the test process."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)

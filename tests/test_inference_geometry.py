@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -48,21 +47,6 @@ class ThresholdNet(torch.nn.Module):
         quadrant = torch.zeros_like(foreground)
         quadrant[..., x.shape[-2] // 2:, : x.shape[-1] // 2] = 1
         return torch.cat([1 - foreground, foreground * (1 - quadrant), foreground * quadrant], dim=1)
-
-
-@pytest.fixture(autouse=True)
-def _restore_excepthook(monkeypatch):
-    """The workflow's ``initialize`` installs the one-line excepthook; keep it out of the test process."""
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny CPU tensors: a second intra-op thread costs more than it saves, and ten times more under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
