@@ -300,19 +300,19 @@ def _inside_superellipse(grid: _Grid, a: np.ndarray, b: np.ndarray, p_ant: float
     return yp <= (1.0 - x**p_ant)
 
 
-def _sample_tumour_hu(rng: np.random.Generator, parenchyma: float, cortex: float, medulla: float, cm: bool) -> float:
-    """Tumour mean HU in 60..180, at least 40 HU from the kidney's mean so the class stays learnable."""
-    cand = np.arange(60.0, 181.0)
-    ok = np.abs(cand - parenchyma) >= 40
-    if cm:
-        strict = ok & (np.abs(cand - cortex) >= 30) & (np.abs(cand - medulla) >= 20)
-        if strict.any():
-            ok = strict
-    if not ok.any():
-        ok = np.abs(cand - parenchyma) >= np.abs(cand - parenchyma).max() - 1
-    # Index from one uniform draw: rng.choice/integers may consume a varying number of draws.
-    allowed = cand[ok]
-    return float(allowed[min(int(rng.random() * allowed.size), allowed.size - 1)] + rng.uniform(-0.5, 0.5))
+def _tumour_hu(quantile: float, parenchyma: float, medulla: float, cm: bool) -> float:
+    """Tumour mean HU: 70-180 and at least 40 HU below the kidney parenchyma mean.
+
+    Renal cell carcinoma enhances less than the parenchyma in the nephrographic phase; in the
+    corticomedullary phase it usually sits above the medulla and below the cortex. Keeping it >= 40 HU
+    from the kidney mean (and above muscle, 40-60 HU) keeps the class learnable. ``quantile`` in [0, 1)
+    is the case's draw, so the value can be fixed once the kidney is painted.
+    """
+    lo, hi = 70.0, min(180.0, parenchyma - 40.0)
+    if cm and max(lo, medulla + 20.0) <= hi:
+        lo = max(lo, medulla + 20.0)
+    hi = max(hi, lo)
+    return lo + quantile * (hi - lo)
 
 
 def _kidney_axes(side: int, rng: np.random.Generator) -> np.ndarray:
@@ -456,9 +456,6 @@ def generate_phantom(
     n_cyst = int(rng_cyst.choice([0, 1, 2], p=[0.5, 0.35, 0.15]))
     n_tum = n_tum if num_tumours is None else num_tumours
     n_cyst = n_cyst if num_cysts is None else num_cysts
-    shell_frac = 1 - np.prod(1 - cortex_t / np.mean([k.semi for k in kidneys.values()], axis=0))
-    cortex_frac = shell_frac + (1 - shell_frac) * (0.25 if cm else 0.0)
-    parenchyma = cortex_frac * hu_cortex + (1 - cortex_frac) * hu_medulla
     tumours = []
     rng, u = rng_tum, rng_tum.uniform
     for i_tum in range(n_tum):
@@ -475,8 +472,14 @@ def generate_phantom(
         necrosis = None
         if r > 18 and rng.random() < 0.35:
             necrosis = (_Ellipsoid(centre + rng.uniform(-0.15, 0.15, 3) * r, r * rng.uniform(0.3, 0.55, 3)), u(10, 30))
-        hu_t = _sample_tumour_hu(rng, parenchyma, hu_cortex, hu_medulla, cm)
-        tumours.append((lobes, necrosis, hu_t, u(10, 25)))
+        tumours.append({
+            "lobes": lobes,
+            "necrosis": necrosis,
+            "hu_quantile": rng.random(),
+            # Mottled enhancement: smoothed noise of 20-35 HU with a 2-4 mm correlation length.
+            "texture": (u(20, 35), u(2.0, 4.0)),
+            "fat_margin": u(3, 6),
+        })
     cysts = []
     rng, u = rng_cyst, rng_cyst.uniform
     for _ in range(n_cyst):
@@ -485,7 +488,7 @@ def generate_phantom(
         cysts.append((_Ellipsoid(_point_in_kidney(rng, kid, (0.5, 1.05)), [r, r, r]), u(0, 20)))
 
     # ---- z extent: both kidneys and all masses, with margin, 150-220 mm ----
-    objs = kidney_beds + [lobe for t in tumours for lobe in t[0]] + [c[0] for c in cysts]
+    objs = kidney_beds + [lobe for t in tumours for lobe in t["lobes"]] + [c[0] for c in cysts]
     z_lo = min(o.centre[2] - o.half_extent()[2] for o in objs)
     z_hi = max(o.centre[2] + o.half_extent()[2] for o in objs)
     extent = max(extent_draw, z_hi - z_lo + 20)
@@ -714,20 +717,33 @@ def generate_phantom(
     # ---- cysts (label 3), then tumours (label 2, painted last so they win) ----
     for ell, hu in cysts:
         _paint_ellipsoid(vol, grid, ell, tis.add(hu, 3), inner)
+    n_cortex, n_medulla = np.count_nonzero(vol == cortex), np.count_nonzero(vol == medulla)
+    parenchyma = (n_cortex * hu_cortex + n_medulla * hu_medulla) / max(n_cortex + n_medulla, 1)
     textures = []
-    for lobes, necrosis, hu_t, tex_amp in tumours:
-        tid = tis.add(hu_t, 2)
-        for ell in lobes:
+    protected = [cortex, medulla, sinus] + [t for t in range(len(tis.label)) if tis.label[t] in (2, 3)]
+    for tum in tumours:
+        # An exophytic mass pushes neighbours aside inside the perirenal fat: give it a fat margin
+        # (never over kidney, cyst or another mass) so it does not merge with liver, bowel or muscle.
+        for ell in tum["lobes"]:
+            got = _Ellipsoid(ell.centre, ell.semi + tum["fat_margin"], ell.axes).mask(grid)
+            if got is not None:
+                sl, m = got
+                _paint(vol, sl, m & ~np.isin(vol[sl], protected), perirenal, inner)
+        tid = tis.add(_tumour_hu(tum["hu_quantile"], parenchyma, hu_medulla, cm), 2)
+        protected.append(tid)
+        for ell in tum["lobes"]:
             _paint_ellipsoid(vol, grid, ell, tid, inner)
-        if necrosis is not None:
-            _paint_ellipsoid(vol, grid, necrosis[0], tis.add(necrosis[1], 2), inner)
-        lo = np.min([e.centre - e.half_extent() for e in lobes], axis=0)
-        hi = np.max([e.centre + e.half_extent() for e in lobes], axis=0)
+        if tum["necrosis"] is not None:
+            protected.append(tis.add(tum["necrosis"][1], 2))
+            _paint_ellipsoid(vol, grid, tum["necrosis"][0], protected[-1], inner)
+        lo = np.min([e.centre - e.half_extent() for e in tum["lobes"]], axis=0)
+        hi = np.max([e.centre + e.half_extent() for e in tum["lobes"]], axis=0)
         sl = grid.bbox(lo, hi)
         if sl is not None:
+            amp, corr_mm = tum["texture"]
             shape = tuple(s.stop - s.start for s in sl)
-            sig = np.clip(u(2.0, 4.0) / grid.spacing, 0.5, None)
-            textures.append((sl, tid, tex_amp * _smooth_noise(rng_tum, shape, sig)))
+            sig = np.clip(corr_mm / grid.spacing, 0.5, None)
+            textures.append((sl, tid, amp * _smooth_noise(rng_tum, shape, sig)))
 
     # ---- intensities: tissue LUT, tumour texture, partial-volume blur + correlated noise ----
     hu_lut = np.asarray(tis.hu, dtype=np.float32)
