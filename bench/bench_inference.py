@@ -103,6 +103,21 @@ def _machine() -> dict:
     return info
 
 
+def _git() -> dict:
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes_in_configs_or_scripts":
+            [line for line in git("status", "--porcelain", "--", "configs", "scripts").splitlines()]}
+
+
+ENV_VARS = ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_",
+            "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_")
+
+
 def _versions() -> dict:
     import monai
     import nibabel
@@ -253,6 +268,7 @@ def time_stages(config_files: list[Path], overrides: dict, weights: str, label_p
     datalist = parser.get_parsed_content("datalist")
     slice_size = list(parser.get_parsed_content("slice_size"))
     pre_t = list(pre.transforms)
+    info_reader = type(pre_t[0]).__name__
     post_t = {type(t).__name__: t for t in post.transforms}
     decollate = Decollated(keys=None, detach=True)
 
@@ -286,12 +302,12 @@ def time_stages(config_files: list[Path], overrides: dict, weights: str, label_p
                 return inputs, inferer(inputs, net)
 
         inputs, pred = timed("network", infer, batch)
-        items = timed("decollate", lambda: [dict(b, **o) for b, o in zip(
-            decollate(batch), decollate({"image": inputs, "label": None, "pred": pred}))])
+        items = timed("decollate", lambda b, i, o: [dict(x, **y) for x, y in zip(
+            decollate(b), decollate({"image": i, "label": None, "pred": o}))], batch, inputs, pred)
         row["collate+decollate"] = row.pop("collate") + row.pop("decollate")
         mem["collate+decollate"] = max(mem.pop("collate"), mem.pop("decollate"))
         data = items[0]
-        del batch, inputs, pred, items, d
+        batch = inputs = pred = items = d = None  # free the volumes before the post-processing
         info["network_input_shape"] = list(data["image"].shape)
         info["network_output_shape"] = list(data["pred"].shape)
         info["network_output_dtype"] = str(data["pred"].dtype)
@@ -338,8 +354,9 @@ def time_stages(config_files: list[Path], overrides: dict, weights: str, label_p
     result["network_slices"] = n_slices
     result["network_slices_per_s"] = round(n_slices / result["network"], 3)
     result["sw_batch_size"] = int(parser.get_parsed_content("sw_batch_size"))
+    result["read_transform"] = info_reader
+    result["transforms"] = {"preprocessing": [type(t).__name__ for t in pre_t], "postprocessing": list(post_t)}
     result["slice_size"] = slice_size
-    del net, pre, post, writer, inferer, parser
     gc.collect()
     return result
 
@@ -423,7 +440,8 @@ def run_end_to_end(config_files: list[Path], overrides: dict, threads: int, work
 
     Peak of the inference process: its own ``VmHWM`` read at the end (``ru_maxrss`` of a subprocess is polluted by
     the launching process, see ``_child_main``). DataLoader workers: their ``VmHWM`` polled every 20 ms. Whole
-    tree: the polled sum of RSS (shared pages counted in every process) and of PSS (shared pages split).
+    tree: the polled sum of RSS (every 20 ms; shared pages counted in every process) and of PSS (every 1 s;
+    shared pages split).
     """
     import psutil
 
@@ -434,26 +452,35 @@ def run_end_to_end(config_files: list[Path], overrides: dict, threads: int, work
     spec_path.write_text(json.dumps(spec))
     log_path = workdir / f"e2e_{tag}.log"
     with open(log_path, "w") as log:
+        cpu0 = os.times()
         t0 = _now()
         proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child-e2e", str(spec_path)],
                                 cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT)
         ps = psutil.Process(proc.pid)
         peak_main_rss = peak_tree_rss = peak_tree_pss = 0
         worker_hwm: dict[int, int] = {}
+        kids: list[int] = []
+        tick = 0
+        # Cheap polling so the poller does not compete with the run: /proc/<pid>/status every 20 ms, the list
+        # of children every 0.2 s, PSS (smaps_rollup walks the page tables) every 1 s.
         while proc.poll() is None:
             try:
+                if tick % 10 == 0:
+                    kids = [c.pid for c in ps.children(recursive=True)]
                 main_rss = _proc_status_kb(proc.pid, "VmRSS")
-                tree_rss, tree_pss = main_rss, _pss_kb(proc.pid)
-                for c in ps.children(recursive=True):
-                    worker_hwm[c.pid] = max(worker_hwm.get(c.pid, 0), _proc_status_kb(c.pid, "VmHWM"))
-                    tree_rss += _proc_status_kb(c.pid, "VmRSS")
-                    tree_pss += _pss_kb(c.pid)
-                peak_main_rss = max(peak_main_rss, main_rss)
-                peak_tree_rss, peak_tree_pss = max(peak_tree_rss, tree_rss), max(peak_tree_pss, tree_pss)
+                tree_rss = main_rss
+                for pid in kids:
+                    worker_hwm[pid] = max(worker_hwm.get(pid, 0), _proc_status_kb(pid, "VmHWM"))
+                    tree_rss += _proc_status_kb(pid, "VmRSS")
+                peak_main_rss, peak_tree_rss = max(peak_main_rss, main_rss), max(peak_tree_rss, tree_rss)
+                if tick % 50 == 0:
+                    peak_tree_pss = max(peak_tree_pss, _pss_kb(proc.pid) + sum(_pss_kb(pid) for pid in kids))
             except psutil.Error:
                 pass
+            tick += 1
             time.sleep(0.02)
         wall = _now() - t0
+        cpu1 = os.times()
     if proc.returncode != 0 or not result_path.is_file():
         tail = log_path.read_text()[-4000:]
         raise RuntimeError(f"end-to-end run ({tag}) failed with exit code {proc.returncode}:\n{tail}")
@@ -464,6 +491,7 @@ def run_end_to_end(config_files: list[Path], overrides: dict, threads: int, work
                    "workers_seen": len(worker_hwm),
                    "polled_peak_rss_tree_mb": round(peak_tree_rss / 1024, 1),
                    "polled_peak_pss_tree_mb": round(peak_tree_pss / 1024, 1),
+                   "poller_cpu_s": round(cpu1.user - cpu0.user + cpu1.system - cpu0.system, 2),
                    "log": str(log_path)})
     return result
 
@@ -486,7 +514,7 @@ def check_output(path: Path, data: dict, reference: Path | None) -> dict:
 
 # ----------------------------------------------------------------------------------------------- reporting
 STAGES = [
-    ("read", "LoadImaged (nibabel, int16 -> float32 MetaTensor)"),
+    ("read", "first preprocessing transform: {read} (nibabel, int16 -> float32 MetaTensor)"),
     ("preprocess", "ValidateCTd, EnsureChannelFirstd, Orientationd(RAS), ScaleIntensityRanged, Resized(area), EnsureTyped"),
     ("network", "SliceInferer over the axial slices (sw_batch_size from the config)"),
     ("argmax+lcc", "AsDiscreted(argmax, uint8) + KeepLargestConnectedComponentd (model grid)"),
@@ -520,6 +548,11 @@ def render_markdown(res: dict) -> str:
               f"- torch {res['versions']['torch']} ({res['threads']} threads, `torch.set_num_threads(os.cpu_count())`), "
               f"MONAI {res['versions']['monai']}, nibabel {res['versions']['nibabel']}, numpy {res['versions']['numpy']}, "
               f"Python {m['python']}",
+              f"- bundle commit `{res['git']['commit'][:12]}`"
+              + (f" with uncommitted changes {res['git']['uncommitted_changes_in_configs_or_scripts']}"
+                 if res['git']['uncommitted_changes_in_configs_or_scripts'] else " (configs and scripts as committed)")
+              + (f"; config overrides {res['config_overrides']}" if res['config_overrides'] else "")
+              + (f"; environment {res['env']}" if res['env'] else ""),
               f"- load average (1/5/15 min) at start {res['loadavg']['start']}, at end {res['loadavg']['end']}: "
               "other processes shared the CPU when this is above ~0.5; compare ratios within one run, not "
               "absolute seconds across runs.", ""]
@@ -542,8 +575,9 @@ def render_markdown(res: dict) -> str:
               head, sep]
     floor = {"read": f"{_fmt(fl['read_nibabel_int16_s'])} (nibabel int16) / {_fmt(fl['read_monai_loadimage_s'])} (MONAI LoadImage)",
              "write": f"{_fmt(fl['write_uint8_s'])} (nibabel uint8, gzip level {fl['gzip_compresslevel']})"}
+    read_name = res["networks"][nets[0]]["stages"].get("read_transform", "LoadImaged")
     for key, what in STAGES:
-        row = f"| {key} | {what} |"
+        row = f"| {key} | {what.format(read=read_name)} |"
         for n in nets:
             st = res["networks"][n]["stages"]
             row += f" {_fmt(st[key])} | {100 * st[key] / st['sum_of_stages']:.1f}% |"
@@ -600,7 +634,7 @@ def render_markdown(res: dict) -> str:
     net_row("... of which after `import torch, monai` (MB)", lambda r: e2e(r, "peak_rss_main_after_import_mb"))
     net_row("peak RSS, DataLoader worker (`VmHWM`, MB; includes pages shared with the parent)",
             lambda r: e2e(r, "peak_rss_workers_mb"))
-    net_row("peak PSS sum of the process tree (polled every 20 ms, MB)", lambda r: e2e(r, "polled_peak_pss_tree_mb"))
+    net_row("peak PSS sum of the process tree (polled every 1 s, MB)", lambda r: e2e(r, "polled_peak_pss_tree_mb"))
     net_row("peak RSS sum of the process tree (polled, MB; shared pages counted twice)",
             lambda r: e2e(r, "polled_peak_rss_tree_mb"))
     net_row(f"aim: peak RSS <= {RSS_AIM_MB:.0f} MB (inference process)",
@@ -639,6 +673,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-default-net", action="store_true", help="only the narrow demo network (fast)")
     ap.add_argument("--skip-demo-net", action="store_true", help="only the default network")
     ap.add_argument("--skip-e2e", action="store_true", help="no end-to-end child run (no peak RSS)")
+    ap.add_argument("--skip-stages", action="store_true", help="no per-stage run (end to end and peak RSS only)")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for both runs, VALUE parsed as JSON when possible, e.g. sw_batch_size=2 "
+                         "(repeatable); to evaluate a change without editing the configs")
+    ap.add_argument("--tag", default="", help="appended to the results file name, e.g. sw2")
     ap.add_argument("--no-gt-post", action="store_true",
                     help="do not time the post-processing on a ground-truth-like prediction")
     ap.add_argument("--storage", choices=("kits", "ras"), default="kits", help="axis layout of the input file (kits)")
@@ -654,6 +693,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.skip_default_net and args.skip_demo_net:
         ap.error("nothing to run: --skip-default-net and --skip-demo-net")
+    if args.skip_stages and args.skip_e2e:
+        ap.error("nothing to run: --skip-stages and --skip-e2e")
+    overrides_extra: dict = {}
+    for item in args.override:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            ap.error(f"--override {item!r}: expected KEY=VALUE")
+        try:
+            overrides_extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides_extra[key] = value
 
     import torch
 
@@ -663,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     date = _dt.datetime.now().astimezone()
     res: dict = {"date": date.isoformat(timespec="seconds"), "args": vars(args),
                  "argv": " ".join(sys.argv[1:] if argv is None else argv), "threads": threads,
-                 "machine": _machine(), "versions": _versions(), "loadavg": {"start": _loadavg()},
+                 "machine": _machine(), "versions": _versions(), "git": _git(), "loadavg": {"start": _loadavg()},
+                 "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ}, "config_overrides": overrides_extra,
                  "synthetic_input": True, "random_weights": True, "rss_aim_mb": RSS_AIM_MB,
                  "reference_io_s": REFERENCE_IO_S, "networks": {}}
     tmp = tempfile.TemporaryDirectory(prefix="bench_inference_") if args.workdir is None else None
@@ -685,14 +736,16 @@ def main(argv: list[str] | None = None) -> int:
             entry: dict = {"config_files": [str(p.relative_to(REPO)) for p in files],
                            "weights": save_random_weights(files, weights)}
             stage_out = workdir / f"out_stages_{name}"
-            overrides = {"input_path": data["case_dir"], "output_dir": str(stage_out), "model_path": str(weights)}
-            entry["loadavg_before_stages"] = _loadavg()
-            print(f"[bench] {name} net: per-stage run ...", flush=True)
-            entry["stages"] = time_stages(files, overrides, str(weights), data["label_path"], args.repeats,
-                                          gt_post=not args.no_gt_post)
-            st = entry["stages"]
-            print(f"[bench] {name} net stages: " + ", ".join(
-                f"{k} {st[k]:.2f}" for k, _ in STAGES) + f"; {st['network_slices_per_s']:.2f} slices/s", flush=True)
+            overrides = {"input_path": data["case_dir"], "output_dir": str(stage_out), "model_path": str(weights),
+                         **overrides_extra}
+            if not args.skip_stages:
+                entry["loadavg_before_stages"] = _loadavg()
+                print(f"[bench] {name} net: per-stage run ...", flush=True)
+                entry["stages"] = time_stages(files, overrides, str(weights), data["label_path"], args.repeats,
+                                              gt_post=not args.no_gt_post)
+                st = entry["stages"]
+                print(f"[bench] {name} net stages: " + ", ".join(
+                    f"{k} {st[k]:.2f}" for k, _ in STAGES) + f"; {st['network_slices_per_s']:.2f} slices/s", flush=True)
             if not args.skip_e2e:
                 e2e_runs = []
                 for r in range(args.repeats):
@@ -701,7 +754,8 @@ def main(argv: list[str] | None = None) -> int:
                     entry["loadavg_before_e2e"] = _loadavg()
                     print(f"[bench] {name} net: end-to-end ConfigWorkflow run {r + 1}/{args.repeats} (child) ...", flush=True)
                     e2e_runs.append(run_end_to_end(files, ov, threads, workdir, f"{name}_{r}"))
-                    entry["output_check"] = check_output(e2e_out / "case_00000.nii.gz", data, stage_out / "case_00000.nii.gz")
+                    entry["output_check"] = check_output(e2e_out / "case_00000.nii.gz", data,
+                                                         None if args.skip_stages else stage_out / "case_00000.nii.gz")
                 e = dict(e2e_runs[0])
                 for k in ("run_s", "process_wall_s", "import_s", "initialize_s"):
                     e[k] = _median([x[k] for x in e2e_runs])
@@ -719,6 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         results_dir = Path(args.results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
         suffix = "" if (args.slices, args.size) == (200, 512) else f"_{args.size}x{args.size}x{args.slices}"
+        suffix += f"_{args.tag}" if args.tag else ""
         out_json = results_dir / f"inference_{date.strftime('%Y%m%d')}{suffix}.json"
         try:
             res["results_json"] = str(out_json.relative_to(REPO))
@@ -726,7 +781,9 @@ def main(argv: list[str] | None = None) -> int:
             res["results_json"] = str(out_json)
         out_json.write_text(json.dumps(res, indent=2) + "\n")
         print(f"[bench] wrote {out_json}", flush=True)
-        if not args.no_docs:
+        if not args.no_docs and args.skip_stages:
+            print("[bench] --skip-stages: no markdown report (the tables need the per-stage run)", flush=True)
+        elif not args.no_docs:
             write_docs(Path(args.docs), render_markdown(res))
             print(f"[bench] wrote {args.docs}", flush=True)
         print(f"[bench] total {res['total_benchmark_s']} s", flush=True)

@@ -27,13 +27,14 @@ DEMO_OVERLAY = "configs/demo.json"
 
 def _run(args: list[str], log_path: Path) -> float:
     """Run one bundle command, echo it, tee its output to ``log_path``; return seconds taken."""
-    shown = ["python" if a == sys.executable else a for a in args]
-    print("\n$ " + " ".join(shlex.quote(a) for a in shown), flush=True)
+    shown = ["python" if a == sys.executable else f'"{a}"' if "'" in a else shlex.quote(a) for a in args]
+    print("\n$ " + " ".join(shown), flush=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:
         process = subprocess.Popen(args, cwd=BUNDLE_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in process.stdout:
             log.write(line)
+            log.flush()
             if " - INFO - " not in line or "Epoch[" in line and "Metrics" in line or "resumed" in line:
                 sys.stdout.write(line)
         process.wait()
@@ -51,8 +52,8 @@ def _bundle(run_id: str, config_files: list[str], **overrides) -> list[str]:
     return args
 
 
-def main(output_dir: str = "demo_output", num_train: int = 16, num_test: int = 4, epochs: int = 30,
-         in_plane_size: int = 256, seed: int = 0, num_workers: int = 2, fresh: bool = True) -> dict:
+def main(output_dir: str = "demo_output", num_train: int = 48, num_test: int = 8, epochs: int = 30,
+         in_plane_size: int = 256, seed: int = 0, num_workers: int = 1, fresh: bool = True) -> dict:
     """Run the demo; returns the evaluation summary (synthetic phantoms)."""
     out = (BUNDLE_ROOT / output_dir).resolve()
     if fresh and out.exists():
@@ -63,7 +64,7 @@ def main(output_dir: str = "demo_output", num_train: int = 16, num_test: int = 4
         stale.unlink()  # a demo starts training afresh; real runs resume from these
     print("=" * 78)
     print("DEMO ON SYNTHETIC PHANTOMS - not real patients, not evidence of clinical accuracy")
-    print(f"network: WP-UNet narrowed by {DEMO_OVERLAY} (channels 16-128, 128x128 slices) for a CPU demo;")
+    print(f"network: WP-UNet narrowed by {DEMO_OVERLAY} (channels 16-128, dropout 0.2, 128x128 slices) for a CPU demo;")
     print("the bundle default is the paper's 64-512 network on 256x256 slices")
     print("=" * 78)
 
@@ -79,7 +80,7 @@ def main(output_dir: str = "demo_output", num_train: int = 16, num_test: int = 4
     timings = {}
     timings["training"] = _run(_bundle(
         "training", ["configs/train.json", DEMO_OVERLAY], dataset_dir=str(train_dir), epochs=epochs,
-        num_folds=4, val_interval=5, output_dir=str(out / "training"), num_workers=num_workers,
+        num_folds=6, val_interval=10, output_dir=str(out / "training"), num_workers=num_workers,
         progress_bar=False), out / "training.log")
     timings["evaluation"] = _run(_bundle(
         "evaluating", ["configs/train.json", DEMO_OVERLAY, "configs/evaluate.json"], dataset_dir=str(test_dir),
@@ -97,14 +98,16 @@ def main(output_dir: str = "demo_output", num_train: int = 16, num_test: int = 4
 
 
 def _write_report(out: Path, summary: dict, timings: dict, case: Path) -> str:
+    metrics = summary["metrics"]
+
     def mean(metric: str) -> float:
-        return float(summary[metric]["mean"])
+        return float(metrics[metric]["mean"])
 
     kidney, tumour = mean("kidney_dice"), mean("tumour_dice")
     verdict = ("reached" if kidney >= 0.90 and tumour >= 0.60 else "NOT reached") + \
         " the demo target (kidney >= 0.90, tumour >= 0.60)"
-    rows = [f"| {name} | {summary[name]['mean']:.3f} | {summary[name]['std']:.3f} | {summary[name]['n']} |"
-            for name in sorted(summary) if name.endswith(("_dice", "_nsd", "_hd95_mm"))]
+    rows = [f"| {name} | {metrics[name]['mean']:.3f} | {metrics[name]['std']:.3f} | {metrics[name]['n']} |"
+            for name in metrics if name.endswith(("_dice", "_nsd", "_hd95_mm")) and metrics[name]["n"]]
     text = "\n".join([
         "# Demo results - SYNTHETIC phantoms",
         "",
