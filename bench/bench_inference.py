@@ -106,12 +106,12 @@ def _machine() -> dict:
 def _git() -> dict:
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
     return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes_in_configs_or_scripts":
-            [line for line in git("status", "--porcelain", "--", "configs", "scripts").splitlines()]}
+            [line.strip() for line in git("status", "--porcelain", "--", "configs", "scripts").splitlines()]}
 
 
 ENV_VARS = ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_",
@@ -269,7 +269,7 @@ def time_stages(config_files: list[Path], overrides: dict, weights: str, label_p
     slice_size = list(parser.get_parsed_content("slice_size"))
     pre_t = list(pre.transforms)
     info_reader = type(pre_t[0]).__name__
-    post_t = {type(t).__name__: t for t in post.transforms}
+    post_list = list(post.transforms)
     decollate = Decollated(keys=None, detach=True)
 
     runs: list[dict] = []
@@ -314,21 +314,44 @@ def time_stages(config_files: list[Path], overrides: dict, weights: str, label_p
         gt_data = dict(data, pred=_gt_prediction(label_path, data["pred"], slice_size)) if gt_post else None
 
         def post_chain(dd: dict, prefix: str) -> dict:
-            dd = timed(f"{prefix}argmax", post_t["AsDiscreted"], dd)
-            fg = (np.asarray(dd["pred"]) > 0)[0]
-            stats = {"foreground_fraction_model_grid": round(float(fg.mean()), 5),
-                     "components_before_lcc": int(ndimage.label(fg)[1])}
+            # Stages by role, so an override that swaps a transform still runs: the first transform (the argmax),
+            # KeepLargestConnectedComponentd (lcc), Invertd; any other transform is timed under its own name and
+            # counted in the stage it sits in (before Invertd: argmax+lcc; after it: invertd).
+            stats: dict = {}
             row[f"{prefix}lcc"], mem[f"{prefix}lcc"] = 0.0, 0.0
-            if "KeepLargestConnectedComponentd" in post_t:
-                dd = timed(f"{prefix}lcc", post_t["KeepLargestConnectedComponentd"], dd)
-            row[f"{prefix}argmax+lcc"] = row[f"{prefix}argmax"] + row[f"{prefix}lcc"]
-            mem[f"{prefix}argmax+lcc"] = max(mem[f"{prefix}argmax"], mem[f"{prefix}lcc"])
-            stats["foreground_fraction_after_lcc"] = round(float((np.asarray(dd["pred"]) > 0).mean()), 5)
-            stats["label_dtype_before_invertd"] = str(dd["pred"].dtype)
-            dd = timed(f"{prefix}invertd", post_t["Invertd"], dd)
-            stats["label_dtype_after_invertd"] = str(dd["pred"].dtype)
-            stats["label_shape_after_invertd"] = list(dd["pred"].shape)
+            done_invert = False
+            extra_before, extra_after = [], []
+            for i, t in enumerate(post_list):
+                cname = type(t).__name__
+                if i == 0:
+                    key = f"{prefix}argmax"
+                elif cname.startswith("KeepLargestConnectedComponent"):
+                    key = f"{prefix}lcc"
+                elif cname == "Invertd":
+                    key = f"{prefix}invertd"
+                else:
+                    key = f"{prefix}post.{i}.{cname}"
+                    (extra_after if done_invert else extra_before).append(key)
+                if cname == "Invertd":
+                    stats["foreground_fraction_after_lcc"] = round(float((np.asarray(dd["pred"]) > 0).mean()), 5)
+                    stats["label_dtype_before_invertd"] = str(dd["pred"].dtype)
+                dd = timed(key, t, dd)
+                if i == 0:
+                    fg = (np.asarray(dd["pred"]) > 0)[0]
+                    stats.update({"foreground_fraction_model_grid": round(float(fg.mean()), 5),
+                                  "components_before_lcc": int(ndimage.label(fg)[1])})
+                if cname == "Invertd":
+                    done_invert = True
+                    stats["label_dtype_after_invertd"] = str(dd["pred"].dtype)
+                    stats["label_shape_after_invertd"] = list(dd["pred"].shape)
+            keys = [f"{prefix}argmax", f"{prefix}lcc", *extra_before]
+            row[f"{prefix}argmax+lcc"] = sum(row[k] for k in keys)
+            mem[f"{prefix}argmax+lcc"] = max(mem[k] for k in keys)
+            keys = [f"{prefix}invertd", *extra_after]
+            row[f"{prefix}invertd"] = sum(row.get(k, 0.0) for k in keys)
+            mem[f"{prefix}invertd"] = max(mem.get(k, 0.0) for k in keys)
             timed(f"{prefix}write", writer, dd)
+            stats["label_dtype_written"] = str(dd["pred"].dtype)
             return stats
 
         info["prediction_random_weights"] = post_chain(data, "")
@@ -355,7 +378,7 @@ def time_stages(config_files: list[Path], overrides: dict, weights: str, label_p
     result["network_slices_per_s"] = round(n_slices / result["network"], 3)
     result["sw_batch_size"] = int(parser.get_parsed_content("sw_batch_size"))
     result["read_transform"] = info_reader
-    result["transforms"] = {"preprocessing": [type(t).__name__ for t in pre_t], "postprocessing": list(post_t)}
+    result["transforms"] = {"preprocessing": [type(t).__name__ for t in pre_t], "postprocessing": [type(t).__name__ for t in post_list]}
     result["slice_size"] = slice_size
     gc.collect()
     return result
@@ -623,6 +646,8 @@ def render_markdown(res: dict) -> str:
     def net_row(label, fn):
         lines.append(f"| {label} | " + " | ".join(fn(res["networks"][n]) for n in nets) + " |")
 
+    net_row("load average (1 min) before the per-stage run / before the end-to-end run",
+            lambda r: f"{(r.get('loadavg_before_stages') or ['-'])[0]} / {(r.get('loadavg_before_e2e') or ['-'])[0]}")
     net_row("channels", lambda r: "-".join(str(c) for c in r["weights"]["channels"]))
     net_row("parameters", lambda r: f"{r['weights']['parameters']:,}")
     net_row("slice size (network input)", lambda r: "x".join(str(s) for s in r["stages"]["slice_size"]))

@@ -11,6 +11,7 @@ Run ``bash demo.sh`` (sets up the environment) or ``python -m scripts.demo --epo
 
 from __future__ import annotations
 
+import csv
 import json
 import shlex
 import shutil
@@ -53,8 +54,8 @@ def _bundle(run_id: str, config_files: list[str], **overrides) -> list[str]:
 
 
 def main(output_dir: str = "demo_output", num_train: int = 48, num_test: int = 8, epochs: int = 30,
-         in_plane_size: int = 256, seed: int = 0, num_workers: int = 1, fresh: bool = True) -> dict:
-    """Run the demo; returns the evaluation summary (synthetic phantoms)."""
+         in_plane_size: int = 256, seed: int = 0, num_workers: int = 1, fresh: bool = True) -> str:
+    """Run the demo; returns the path of the results page (synthetic phantoms)."""
     out = (BUNDLE_ROOT / output_dir).resolve()
     if fresh and out.exists():
         shutil.rmtree(out)
@@ -94,7 +95,7 @@ def main(output_dir: str = "demo_output", num_train: int = 48, num_test: int = 8
     summary = json.loads((out / "evaluation" / "metrics_summary.json").read_text())
     report = _write_report(out, summary, timings, first_test_case)
     print("\n" + report)
-    return summary
+    return str(out / "RESULTS.md")
 
 
 def _write_report(out: Path, summary: dict, timings: dict, case: Path) -> str:
@@ -104,6 +105,9 @@ def _write_report(out: Path, summary: dict, timings: dict, case: Path) -> str:
         return float(metrics[metric]["mean"])
 
     kidney, tumour = mean("kidney_dice"), mean("tumour_dice")
+    with open(out / "evaluation" / "metrics_per_case.csv") as f:
+        cases = list(csv.DictReader(f))
+    with_tumour = [float(c["tumour_dice"]) for c in cases if c["tumour_status"] != "true_empty"]
     verdict = ("reached" if kidney >= 0.90 and tumour >= 0.60 else "NOT reached") + \
         " the demo target (kidney >= 0.90, tumour >= 0.60)"
     rows = [f"| {name} | {metrics[name]['mean']:.3f} | {metrics[name]['std']:.3f} | {metrics[name]['n']} |"
@@ -118,7 +122,9 @@ def _write_report(out: Path, summary: dict, timings: dict, case: Path) -> str:
         "|---|---|---|---|",
         *rows,
         "",
-        f"Kidney Dice {kidney:.3f}, tumour Dice {tumour:.3f}: {verdict}.",
+        f"Kidney Dice {kidney:.3f}, tumour Dice {tumour:.3f}: {verdict}. Tumour Dice counts a false-positive",
+        f"tumour in a case without one as 0 (KiTS convention); over the {len(with_tumour)} cases that have a tumour "
+        f"it is {sum(with_tumour) / max(len(with_tumour), 1):.3f}.",
         "",
         f"Time: training {timings['training']:.0f} s, evaluation {timings['evaluation']:.0f} s, "
         f"inference {timings['inference']:.0f} s.",
