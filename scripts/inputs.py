@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from .errors import InputError
-from .prepare_datalist import CASE_PATTERN, IMAGE_NAME
+from .prepare_datalist import CASE_PATTERN, IMAGE_NAME, LABEL_NAME
 from .validation import NIFTI_SUFFIXES, check_image_file
 
 __all__ = ["list_inference_inputs", "case_name"]
@@ -38,7 +38,7 @@ def case_name(source: str | os.PathLike) -> str:
     path = Path(source)
     if path.is_dir():
         return path.name
-    if path.name == IMAGE_NAME and CASE_PATTERN.match(path.parent.name):
+    if path.name in (IMAGE_NAME, LABEL_NAME) and CASE_PATTERN.match(path.parent.name):
         return path.parent.name
     return _strip_suffix(path.name)
 

@@ -34,8 +34,6 @@ import json
 import logging
 import math
 import os
-import re
-import tempfile
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
@@ -58,6 +56,9 @@ from monai.utils import (
     optional_import,
     string_list_all_gather,
 )
+
+from .atomic import atomic_write_text
+from .inputs import case_name
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
@@ -200,23 +201,11 @@ def spacing_from_meta(img: Any) -> tuple[float, ...] | None:
     return tuple(float(s) for s in np.asarray(img.pixdim, dtype=np.float64).ravel())
 
 
-_CASE_DIR = re.compile(r"^case_\d+$")
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
 
 
 def case_name_from_path(path: PathLike) -> str:
-    """
-    Case identifier from an image path: the parent folder in the KiTS layout (``.../case_00012/imaging.nii.gz``
-    -> ``case_00012``), otherwise the file name without its image suffix (``.../img_7.nii.gz`` -> ``img_7``).
-    """
-    p = Path(str(path))
-    if _CASE_DIR.match(p.parent.name):
-        return p.parent.name
-    name = p.name
-    for suffix in _IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    """Case identifier from an image path, as the inference writer names outputs (:func:`scripts.inputs.case_name`)."""
+    return case_name(str(path))
 
 
 def _is_missing(value: Any) -> bool:
@@ -470,22 +459,6 @@ def _format_cell(value: Any) -> str:
     return str(value)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in the same folder, then ``os.replace`` it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_metrics_csv(rows: Sequence[Mapping[str, Any]], csv_path: PathLike, summary_path: PathLike) -> dict[str, Any]:
     """
     Write per-case rows and their NaN-ignoring summary; every file is replaced atomically.
@@ -512,7 +485,7 @@ def write_metrics_csv(rows: Sequence[Mapping[str, Any]], csv_path: PathLike, sum
     writer.writerow(columns)
     for row in rows:
         writer.writerow([_format_cell(row.get(c)) for c in columns])
-    _atomic_write_text(Path(csv_path), buf.getvalue())
+    atomic_write_text(Path(csv_path), buf.getvalue())
 
     summary = summarise_metrics(rows)
     buf = io.StringIO()
@@ -521,14 +494,14 @@ def write_metrics_csv(rows: Sequence[Mapping[str, Any]], csv_path: PathLike, sum
     for name, stats in summary["metrics"].items():
         writer.writerow([name] + [_format_cell(stats[s]) for s in _SUMMARY_STATS])
     summary_csv = Path(summary_path)
-    _atomic_write_text(summary_csv, buf.getvalue())
+    atomic_write_text(summary_csv, buf.getvalue())
 
     def _nan_to_none(v: Any) -> Any:
         return None if _is_missing(v) else v
 
     json_ready = dict(summary)
     json_ready["metrics"] = {k: {s: _nan_to_none(v) for s, v in st.items()} for k, st in summary["metrics"].items()}
-    _atomic_write_text(summary_csv.with_suffix(".json"), json.dumps(json_ready, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(summary_csv.with_suffix(".json"), json.dumps(json_ready, indent=2, allow_nan=False) + "\n")
     return summary
 
 

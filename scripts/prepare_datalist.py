@@ -21,11 +21,11 @@ import json
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 from monai.data import load_decathlon_datalist
 
+from .atomic import atomic_write_text
 from .errors import InputError
 from .validation import check_datalist
 
@@ -84,17 +84,7 @@ def write_datalist(datalist: dict, output: str | os.PathLike) -> str:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(datalist, indent=2)  # fails before any file is created if datalist is not JSON
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0o600 would make the datalist private to its creator
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(output, text)
     return str(output)
 
 

@@ -22,6 +22,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from .atomic import atomic_write_text, publish
 from .errors import InputError
 from .inputs import case_name
 
@@ -37,28 +38,6 @@ def label_volumes_ml(label: np.ndarray, affine: np.ndarray, label_names: Mapping
     volumes = {f"{name}_ml": round(float(counts[value]) * voxel_ml, 3) for name, value in label_names.items()}
     volumes["all_foreground_ml"] = round(float(counts[1:].sum()) * voxel_ml, 3)
     return volumes
-
-
-def _publish(tmp: str, target: Path) -> None:
-    """Move a finished temporary file onto ``target`` with the permissions a plain ``open`` would give it.
-
-    ``mkstemp`` creates files readable by their owner only (0o600); the outputs are meant to be shared.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, target)
-
-
-def _atomic_write_bytes(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class SaveSegmentationd(MapTransform):
@@ -111,7 +90,7 @@ class SaveSegmentationd(MapTransform):
             if self.write_volumes:
                 volumes = {"case": name, "source": source, "segmentation": target.name,
                            **label_volumes_ml(label, affine, self.label_names)}
-                _atomic_write_bytes(self.output_dir / f"{name}_volumes.json", json.dumps(volumes, indent=2))
+                atomic_write_text(self.output_dir / f"{name}_volumes.json", json.dumps(volumes, indent=2))
             logger.info("wrote %s", target)
         return d
 
@@ -121,7 +100,7 @@ class SaveSegmentationd(MapTransform):
         os.close(fd)
         try:
             nib.save(image, tmp)
-            _publish(tmp, target)
+            publish(tmp, target)
         except OSError as exc:
             Path(tmp).unlink(missing_ok=True)
             raise InputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
