@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 from monai.handlers import from_engine
 
-__all__ = ["from_engine_channel", "check_bool_flags"]
+__all__ = ["from_engine_channel", "check_bool_flags", "ValidateAtEnd"]
 
 
 def from_engine_channel(keys: Sequence[str], channel: int) -> Callable:
@@ -32,3 +32,24 @@ def check_bool_flags(**flags) -> bool:
         if not isinstance(value, bool):
             raise InputError(f"--{name}: got {value!r}; write True or False (capitalised) on the command line")
     return True
+
+
+class ValidateAtEnd:
+    """Run the validator once more when training ends on an epoch that ``ValidationHandler`` skipped.
+
+    Without it, a run whose ``epochs`` is not a multiple of ``val_interval`` (or smaller than it) never selects
+    a best model, and an older ``models/model.pt`` would silently remain in place for evaluation and inference.
+    """
+
+    def __init__(self, validator, interval: int) -> None:
+        self.validator = validator
+        self.interval = interval
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        if engine.state.epoch % self.interval != 0:
+            self.validator.run(engine.state.epoch)

@@ -129,10 +129,12 @@ def test_train_evaluate_infer_end_to_end(phantom_dir, tmp_path):
     """Two epochs on two synthetic phantoms, evaluation on the held-out fold, inference on every case."""
     ckpt = tmp_path / "models"
     common = {"dataset_dir": str(phantom_dir), "num_folds": 2, "ckpt_dir": str(ckpt), "num_workers": 0}
-    result = _run_bundle("training", [TRAIN], epochs=2, progress_bar=False, output_dir=str(tmp_path / "train"),
-                         **common)
+    # val_interval 5 > epochs: model.pt must still come from this run (validation after the last epoch)
+    result = _run_bundle("training", [TRAIN], epochs=2, val_interval=5, progress_bar=False,
+                         output_dir=str(tmp_path / "train"), **common)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (ckpt / "model.pt").is_file() and (ckpt / "last_checkpoint_2.pt").is_file()
+    assert "Epoch[2] Metrics" in result.stdout + result.stderr
     assert any((tmp_path / "train" / "tensorboard").iterdir())
 
     result = _run_bundle("evaluating", EVALUATE, output_dir=str(tmp_path / "eval"), **common)
