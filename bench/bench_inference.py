@@ -35,6 +35,7 @@ import gc
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -670,8 +671,9 @@ def render_markdown(res: dict) -> str:
                        if r.get("output_check", {}).get("equals_per_stage_output") and r["output_check"]["shape_matches_input"]
                        else json.dumps(r.get("output_check"))))
     lines.append("")
-    lines += ["## Reproduce", "", "```bash", f"cd <bundle root> && .venv/bin/python bench/bench_inference.py {res['argv']}".rstrip(),
-              "```", "", "Smoke check (a minute): `.venv/bin/python bench/bench_inference.py --slices 40 "
+    argv = re.sub(r"--workdir(=|\s+)\S+\s*", "", res["argv"]).strip()  # a scratch folder, not a setting
+    lines += ["## Reproduce", "", "```bash", f"cd <bundle root> && .venv/bin/python bench/bench_inference.py {argv}".rstrip(),
+              "```", "", "Smoke check (under a minute): `.venv/bin/python bench/bench_inference.py --slices 40 "
               "--skip-default-net --no-docs`.", "", END]
     return "\n".join(lines) + "\n"
 
