@@ -1,10 +1,10 @@
-"""Building blocks of the WP-UNet (depthwise-separable U-Net with BatchNorm and dropout).
+"""Building blocks of the depthwise-separable U-Nets (WP-UNet and SD-UNet).
 
 Each class is one block of the network, built from MONAI layer factories indexed by ``spatial_dims`` so that the
 same code serves 2D and 3D. The layer layout follows ``papers/000_50dac675aca84b7d.txt`` (Sect. 3.2, Fig. 4 "WP-UNet
-block") and ``papers/001_8d0b8a849be3784f.txt`` ("Proposed Methods", Fig. 3); the exact order of activations,
-normalisation and the up-path convolution is the one that reproduces the paper's parameter count (Table 2), see
-``WPUNet``.
+block"), ``papers/001_8d0b8a849be3784f.txt`` ("Proposed Methods", Fig. 3) and ``papers/003_e960aa08a1d45486.txt``
+(SD-UNet, Sect. 3.1-3.2, Fig. 5 "SD-UNet block"); the exact order of activations, normalisation and the up-path
+convolution is the one that reproduces the papers' parameter counts, see ``WPUNet`` and ``SDUNet``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,51 @@ import torch.nn as nn
 from monai.networks.layers import get_act_layer, get_norm_layer
 from monai.networks.layers.factories import Conv, Dropout, Pad, Pool
 
-__all__ = ["SeparableConv", "WPBlock", "UpConv", "WPEncoderStage", "WPDecoderStage"]
+__all__ = [
+    "WeightStandardizedConv2d",
+    "WeightStandardizedConv3d",
+    "SeparableConv",
+    "SeparableBlock",
+    "UpConv",
+    "SeparableEncoderStage",
+    "SeparableDecoderStage",
+]
+
+
+def standardize_weight(weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Weight standardization: each output filter to zero mean and unit std, ``(w - mean) / (std + eps)``.
+
+    Qiao et al., "Weight Standardization", arXiv:1903.10520, as used by SD-UNet (``papers/003_e960aa08a1d45486.txt``,
+    Sect. 2.3, Eq. 5, and Sect. 3.1, Eq. 7). The std is the population std (no Bessel correction), so a one-element
+    filter gives 0 instead of NaN and the function has no data-dependent branch (traceable, exportable); the
+    constant factor against the unbiased std is absorbed by the GroupNorm that follows.
+    """
+    flat = weight.reshape(weight.shape[0], -1)
+    mean = flat.mean(dim=1, keepdim=True)
+    std = flat.std(dim=1, keepdim=True, correction=0)
+    return ((flat - mean) / (std + eps)).reshape_as(weight)
+
+
+class WeightStandardizedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose kernel is weight-standardized (``standardize_weight``) at every forward pass.
+
+    Same parameters as ``nn.Conv2d`` (no extra ones), so parameter counts and state dicts are unchanged. Because the
+    standardized kernel is computed from ``self.weight`` inside ``forward``, ``torch.nn.utils.prune`` masks still
+    apply to ``weight``; note that a zeroed raw weight is not zero after standardization.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, standardize_weight(self.weight), self.bias)
+
+
+class WeightStandardizedConv3d(nn.Conv3d):
+    """``nn.Conv3d`` with a weight-standardized kernel; see ``WeightStandardizedConv2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, standardize_weight(self.weight), self.bias)
+
+
+_WS_CONV = {2: WeightStandardizedConv2d, 3: WeightStandardizedConv3d}
 
 
 def _same_padding(spatial_dims: int, kernel_size: int) -> tuple[nn.Module, int]:
@@ -46,6 +90,8 @@ class SeparableConv(nn.Module):
         depthwise_bias: whether the depthwise conv has a bias. Defaults to True. Keras ``SeparableConv2D`` has a
             single bias after the pointwise conv, so its layers correspond to ``depthwise_bias=False``.
         pointwise_bias: whether the pointwise conv has a bias. Defaults to True.
+        weight_standardized: standardize the depthwise kernel at every forward pass (SD-UNet, paper 003 Sect. 3.1).
+            Defaults to False.
     """
 
     def __init__(
@@ -56,11 +102,13 @@ class SeparableConv(nn.Module):
         kernel_size: int = 3,
         depthwise_bias: bool = True,
         pointwise_bias: bool = True,
+        weight_standardized: bool = False,
     ) -> None:
         super().__init__()
         conv_type = Conv[Conv.CONV, spatial_dims]
+        depthwise_type = _WS_CONV[spatial_dims] if weight_standardized else conv_type
         self.pad, padding = _same_padding(spatial_dims, kernel_size)
-        self.depthwise = conv_type(
+        self.depthwise = depthwise_type(
             in_channels,
             in_channels,
             kernel_size=kernel_size,
@@ -74,12 +122,13 @@ class SeparableConv(nn.Module):
         return self.pointwise(self.depthwise(self.pad(x)))
 
 
-class WPBlock(nn.Module):
-    """WP-UNet block: two convolutions, each followed by an activation, then one normalisation (and dropout).
+class SeparableBlock(nn.Module):
+    """Block of the separable U-Nets: two convolutions, each followed by an activation, then one norm (and dropout).
 
-    Layout ``conv1 -> act -> SeparableConv -> act -> norm -> dropout`` (paper 000 Sect. 3.2 / Fig. 4: "two depthwise
-    separable convolution layers, two activation layers and one normalization layer"). ``conv1`` is a
-    ``SeparableConv`` except in the first encoder block, where the paper uses a regular convolution.
+    Layout ``conv1 -> act -> SeparableConv -> act -> norm -> dropout``: the "WP-UNet block" (paper 000 Sect. 3.2 /
+    Fig. 4: "two depthwise separable convolution layers, two activation layers and one normalization layer") and the
+    "SD-UNet block" (paper 003 Sect. 3.2 / Fig. 5, with GroupNorm and weight-standardized depthwise kernels).
+    ``conv1`` is a ``SeparableConv`` except in the first encoder block, where both papers use a regular convolution.
 
     Args:
         spatial_dims: number of spatial dimensions (2 or 3).
@@ -91,6 +140,9 @@ class WPBlock(nn.Module):
             ``"batch"``.
         dropout: element-wise dropout probability after the norm; 0 gives an ``nn.Identity``. Defaults to 0.0.
         regular_first: use a regular (dense, biased) convolution as ``conv1``. Defaults to False.
+        depthwise_bias: whether the depthwise convs have a bias (WP-UNet: yes; SD-UNet, as Keras
+            ``SeparableConv2D``: no). Defaults to True.
+        weight_standardized: weight-standardize the depthwise kernels (SD-UNet). Defaults to False.
     """
 
     def __init__(
@@ -103,6 +155,8 @@ class WPBlock(nn.Module):
         norm: str | tuple = "batch",
         dropout: float = 0.0,
         regular_first: bool = False,
+        depthwise_bias: bool = True,
+        weight_standardized: bool = False,
     ) -> None:
         super().__init__()
         self.conv1: nn.Module
@@ -111,12 +165,18 @@ class WPBlock(nn.Module):
             conv = Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size, padding=padding, bias=True)
             self.conv1 = conv if kernel_size % 2 == 1 else nn.Sequential(pad, conv)
         else:
-            self.conv1 = SeparableConv(spatial_dims, in_channels, out_channels, kernel_size)
+            self.conv1 = SeparableConv(
+                spatial_dims, in_channels, out_channels, kernel_size, depthwise_bias,
+                weight_standardized=weight_standardized,
+            )
         self.act1 = get_act_layer(act)
-        self.conv2 = SeparableConv(spatial_dims, out_channels, out_channels, kernel_size)
+        self.conv2 = SeparableConv(
+            spatial_dims, out_channels, out_channels, kernel_size, depthwise_bias,
+            weight_standardized=weight_standardized,
+        )
         self.act2 = get_act_layer(act)
         self.norm = get_norm_layer(norm, spatial_dims=spatial_dims, channels=out_channels)
-        # Keras ``Dropout`` (what the paper used) drops single elements, not whole channels, hence dropout_dim 1.
+        # Keras ``Dropout`` (what the papers used) drops single elements, not whole channels, hence dropout_dim 1.
         self.dropout = Dropout[Dropout.DROPOUT, 1](dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,10 +186,11 @@ class WPBlock(nn.Module):
 
 
 class UpConv(nn.Module):
-    """Up-path convolution: nearest upsampling, a separable ``k x k`` 'same' conv, activation, normalisation.
+    """Up-path convolution: nearest upsampling, a separable ``k x k`` 'same' conv, activation, optional norm.
 
     This is the zhixuhao/Keras U-Net ``UpSampling2D(2)`` + ``Conv2D(k=2, padding="same")`` up-convolution with the
-    conv made separable (Keras ``SeparableConv2D``: depthwise without bias, pointwise with bias) and a norm added.
+    conv made separable (Keras ``SeparableConv2D``: depthwise without bias, pointwise with bias); WP-UNet adds a norm
+    after it, SD-UNet does not.
 
     Args:
         spatial_dims: number of spatial dimensions (2 or 3).
@@ -138,7 +199,7 @@ class UpConv(nn.Module):
         scale_factor: upsampling factor, equal to the stride of the matching encoder stage. Defaults to 2.
         kernel_size: kernel size of the separable conv. Defaults to 2 (even: padded at the end, as Keras 'same').
         act: activation type and arguments. Defaults to ``"relu"``.
-        norm: normalisation type and arguments. Defaults to ``"batch"``.
+        norm: normalisation type and arguments, or None for no norm (``nn.Identity``). Defaults to ``"batch"``.
     """
 
     def __init__(
@@ -149,20 +210,22 @@ class UpConv(nn.Module):
         scale_factor: int = 2,
         kernel_size: int = 2,
         act: str | tuple = "relu",
-        norm: str | tuple = "batch",
+        norm: str | tuple | None = "batch",
     ) -> None:
         super().__init__()
         self.upsample = nn.Upsample(scale_factor=scale_factor, mode="nearest")
         self.conv = SeparableConv(spatial_dims, in_channels, out_channels, kernel_size, depthwise_bias=False)
         self.act = get_act_layer(act)
-        self.norm = get_norm_layer(norm, spatial_dims=spatial_dims, channels=out_channels)
+        self.norm = (
+            get_norm_layer(norm, spatial_dims=spatial_dims, channels=out_channels) if norm is not None else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.act(self.conv(self.upsample(x))))
 
 
-class WPEncoderStage(nn.Module):
-    """Encoder stage: max-pooling by ``stride`` (identity when 1), then a ``WPBlock``.
+class SeparableEncoderStage(nn.Module):
+    """Encoder stage: max-pooling by ``stride`` (identity when 1), then a ``SeparableBlock``.
 
     The stage output is both the input of the next stage and the skip connection of this level; when the block has
     dropout, the skip is the post-dropout tensor (as ``drop4`` in the zhixuhao Keras U-Net).
@@ -172,47 +235,31 @@ class WPEncoderStage(nn.Module):
         in_channels: number of input channels.
         out_channels: number of output channels.
         stride: pooling kernel size and stride applied before the block; 1 means no pooling. Defaults to 1.
-        kernel_size: convolution kernel size. Defaults to 3.
-        act: activation type and arguments. Defaults to ``"relu"``.
-        norm: normalisation type and arguments. Defaults to ``"batch"``.
-        dropout: dropout probability after the block's norm. Defaults to 0.0.
-        regular_first: first conv of the block is a regular convolution (the network's first stage). Defaults to False.
+        block_kwargs: the remaining ``SeparableBlock`` arguments (kernel_size, act, norm, dropout, regular_first,
+            depthwise_bias, weight_standardized).
     """
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        stride: int = 1,
-        kernel_size: int = 3,
-        act: str | tuple = "relu",
-        norm: str | tuple = "batch",
-        dropout: float = 0.0,
-        regular_first: bool = False,
-    ) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, stride: int = 1, **block_kwargs) -> None:
         super().__init__()
         self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=stride, stride=stride) if stride > 1 else nn.Identity()
-        self.block = WPBlock(
-            spatial_dims, in_channels, out_channels, kernel_size, act, norm, dropout, regular_first=regular_first
-        )
+        self.block = SeparableBlock(spatial_dims, in_channels, out_channels, **block_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(self.pool(x))
 
 
-class WPDecoderStage(nn.Module):
-    """Decoder stage: ``UpConv`` of the deeper features, concatenation ``[skip, up]``, then a ``WPBlock``.
+class SeparableDecoderStage(nn.Module):
+    """Decoder stage: ``UpConv`` of the deeper features, concatenation ``[skip, up]``, then a ``SeparableBlock``.
 
     Args:
         spatial_dims: number of spatial dimensions (2 or 3).
         in_channels: channels of the deeper features entering the stage.
         skip_channels: channels of the skip connection; also the output channels of the up-conv and the block.
         scale_factor: upsampling factor (stride of the encoder stage below this level). Defaults to 2.
-        kernel_size: kernel size of the block's convolutions. Defaults to 3.
         up_kernel_size: kernel size of the up-conv. Defaults to 2.
-        act: activation type and arguments. Defaults to ``"relu"``.
-        norm: normalisation type and arguments. Defaults to ``"batch"``.
+        up_norm: norm of the up-conv (None: no norm). Defaults to ``"batch"``.
+        block_kwargs: the remaining ``SeparableBlock`` arguments (kernel_size, act, norm, depthwise_bias,
+            weight_standardized); ``act`` is also the up-conv's activation.
     """
 
     def __init__(
@@ -221,14 +268,14 @@ class WPDecoderStage(nn.Module):
         in_channels: int,
         skip_channels: int,
         scale_factor: int = 2,
-        kernel_size: int = 3,
         up_kernel_size: int = 2,
-        act: str | tuple = "relu",
-        norm: str | tuple = "batch",
+        up_norm: str | tuple | None = "batch",
+        **block_kwargs,
     ) -> None:
         super().__init__()
-        self.up = UpConv(spatial_dims, in_channels, skip_channels, scale_factor, up_kernel_size, act, norm)
-        self.block = WPBlock(spatial_dims, 2 * skip_channels, skip_channels, kernel_size, act, norm)
+        act = block_kwargs.get("act", "relu")
+        self.up = UpConv(spatial_dims, in_channels, skip_channels, scale_factor, up_kernel_size, act, up_norm)
+        self.block = SeparableBlock(spatial_dims, 2 * skip_channels, skip_channels, **block_kwargs)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.block(torch.cat([skip, self.up(x)], dim=1))

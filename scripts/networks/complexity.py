@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["count_parameters", "count_macs"]
+__all__ = ["count_parameters", "count_nonzero_parameters", "count_macs"]
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -34,6 +34,22 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
                 if buffer is not None:
                     stats += buffer.numel()
     return {"trainable": trainable, "norm_running_stats": stats, "keras_total": trainable + stats}
+
+
+def count_nonzero_parameters(model: nn.Module) -> int:
+    """Number of nonzero elements over the trainable parameters (after pruning, the parameters that remain).
+
+    A module pruned with ``torch.nn.utils.prune`` but not yet made permanent keeps its dense ``weight_orig``
+    parameter; its effective weight is ``weight_orig * weight_mask``, which is what is counted here.
+    """
+    total = 0
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            mask = getattr(module, name[: -len("_orig")] + "_mask", None) if name.endswith("_orig") else None
+            total += int(torch.count_nonzero(param * mask if mask is not None else param))
+    return total
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
