@@ -8,6 +8,7 @@ resumes from the same ``last_checkpoint_N.pt``. The process group uses NCCL on C
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 
@@ -47,6 +48,8 @@ def init_process_group() -> bool:
     _local_rank()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if dist.get_rank() > 0:  # ignite's engines log each epoch on every rank; rank 0 speaks for all
+        logging.getLogger("ignite").setLevel(logging.WARNING)
     return True
 
 
