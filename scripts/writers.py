@@ -28,7 +28,6 @@ from .atomic import atomic_write_text, publish
 from .errors import InputError
 from .inputs import case_name
 from .output_formats import OUTPUT_SUFFIXES, check_output_format, write_dicom_seg, write_seg_nrrd
-from .preview import save_preview
 
 __all__ = ["SaveSegmentationd", "label_volumes_ml"]
 
@@ -112,6 +111,8 @@ class SaveSegmentationd(MapTransform):
         return d
 
     def _write_preview(self, d: Mapping, label: np.ndarray, affine: np.ndarray, target: Path) -> None:
+        from .preview import save_preview  # Pillow only when a preview is asked for
+
         image = d[self.image_key]
         array = torch.as_tensor(image).detach().cpu().float().numpy()
         array = array[0] if array.ndim == 4 else array

@@ -258,3 +258,20 @@ def test_preview_written_atomically_by_writer(tmp_path):
         "phantom.nii.gz", "phantom_preview.png", "phantom_volumes.json"]
     with Image.open(tmp_path / "out" / "phantom_preview.png") as png:
         assert png.size == (4 * TILE, TILE) and png.mode == "RGB"
+
+
+def test_cli_dicom_seg_on_synthetic_series(synthetic_series, tiny_weights, tmp_path):
+    """The whole workflow on the synthetic series (always runs): SEG, volumes and preview beside each other."""
+    result = _run_inference(synthetic_series, tmp_path, tiny_weights, output_format="dicom_seg")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "series_001.seg.dcm", "series_001_preview.png", "series_001_volumes.json"]
+    seg = hd.seg.segread(str(tmp_path / "series_001.seg.dcm"))
+    first = pydicom.dcmread(next(synthetic_series.iterdir()))
+    assert int(seg.NumberOfFrames) == SLICES * len(LABELS) and (int(seg.Rows), int(seg.Columns)) == (ROWS, COLUMNS)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
+    volumes = json.loads((tmp_path / "series_001_volumes.json").read_text())
+    pixels = seg.get_volume(combine_segments=True).array  # the SEG holds the labels the volumes JSON counted
+    voxel_ml = 0.8 * 0.7 * 2.5 / 1000
+    for name, value in LABELS.items():
+        assert np.isclose(np.count_nonzero(pixels == value) * voxel_ml, volumes[f"{name}_ml"], atol=1e-3), name
