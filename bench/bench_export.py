@@ -8,6 +8,10 @@ RANDOM-INIT weights: latency does not depend on the weights' values), exports ON
 both see the same machine load), both with ``--threads`` threads. Writes ``bench/results/export_<date>.json`` and
 prints a markdown table for ``docs/export.md``.
 
+With ``--e2e``, also runs the whole inference workflow (``monai.bundle run inferring``, demo network, one
+SYNTHETIC phantom from :func:`scripts.phantoms.generate_dataset`) with ``--backend torch`` and ``--backend
+onnxruntime`` alternately, ``--e2e-repeats`` times each, and reports the wall times (process start included).
+
 Run from the bundle root::
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_export.py --repeats 7
@@ -21,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +64,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="slices per forward (the CPU sw_batch_size)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results-dir", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--e2e", action="store_true", help="also time the inference workflow with both backends")
+    parser.add_argument("--e2e-repeats", type=int, default=2)
+    parser.add_argument("--e2e-size", type=int, default=512, help="in-plane size of the synthetic phantom")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -86,10 +94,11 @@ def main() -> None:
             rows.append(row)
             print(f"{name}: torch {row['torch_median_s']:.3f} s, ORT {row['ort_median_s']:.3f} s per batch, "
                   f"torch/ORT {row['ort_speedup']:.2f}, max abs diff {difference:.1e}", flush=True)
+    e2e = _end_to_end(args) if args.e2e else None
     result = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "repeats": args.repeats,
               "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
               "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-              "load_average": os.getloadavg(), "weights": "random init", "rows": rows}
+              "load_average": os.getloadavg(), "weights": "random init", "rows": rows, "end_to_end": e2e}
     out = Path(args.results_dir) / f"export_{_dt.date.today():%Y%m%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -100,6 +109,43 @@ def main() -> None:
         print(f"| {r['network']} | {r['batch']} x {r['slice_size'][0]}x{r['slice_size'][1]} | "
               f"{r['torch_median_s']:.3f} | {r['ort_median_s']:.3f} | {r['ort_speedup']:.2f} | "
               f"{r['max_abs_difference']:.1e} |")
+    if e2e:
+        print(f"\nend to end ({e2e['input']}): torch {e2e['torch_median_s']:.1f} s, ORT {e2e['ort_median_s']:.1f} s, "
+              f"torch/ORT {e2e['torch_median_s'] / e2e['ort_median_s']:.2f}; labels equal: {e2e['labels_equal']}")
+
+
+def _end_to_end(args) -> dict:
+    """Wall time of ``monai.bundle run inferring`` (demo network) with each backend, alternating, same phantom."""
+    import nibabel as nib
+    import numpy as np
+
+    from scripts.phantoms import generate_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        generate_dataset(str(tmp / "data"), num_cases=1, seed=0, in_plane_size=args.e2e_size,
+                         slice_thickness_range=(2.5, 2.5), kits_fraction=0.0)
+        case = next((tmp / "data").rglob("*.nii.gz"))
+        network, slice_size = _network(NETWORKS["demo WP-UNet (configs/demo.json)"])
+        torch.save({"model": network.state_dict()}, tmp / "model.pt")
+        export_onnx(network, tmp / "model.onnx", slice_size)
+        base = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file",
+                "['configs/inference.json','configs/demo.json']", "--bundle_root", str(ROOT), "--input_path",
+                str(case), "--model_path", str(tmp / "model.pt"), "--onnx_path", str(tmp / "model.onnx"),
+                "--num_workers", "0", "--preview", "False"]
+        times: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
+        for _ in range(args.e2e_repeats):
+            for backend in times:
+                start = time.perf_counter()
+                subprocess.run(base + ["--backend", backend, "--output_dir", str(tmp / backend)], cwd=ROOT,
+                               check=True, capture_output=True)
+                times[backend].append(time.perf_counter() - start)
+        labels = [np.asarray(nib.load(next((tmp / b).glob("*.nii.gz"))).dataobj) for b in times]
+        shape = nib.load(case).shape
+    return {"input": f"synthetic phantom {shape}", "network": "demo WP-UNet", "torch_s": times["torch"],
+            "ort_s": times["onnxruntime"], "torch_median_s": statistics.median(times["torch"]),
+            "ort_median_s": statistics.median(times["onnxruntime"]),
+            "labels_equal": float(np.mean(labels[0] == labels[1]))}
 
 
 if __name__ == "__main__":

@@ -77,10 +77,11 @@ class OnnxRuntimeNetwork(nn.Module):
     """An ONNX model run by ONNX Runtime on the CPU, callable like the torch network it was exported from.
 
     Inputs on any device are copied to the CPU and the logits come back on the input's device and dtype, so the
-    bundle's inferer, post-processing and writer stay unchanged. ``num_threads`` 0 lets ORT choose.
+    bundle's inferer, post-processing and writer stay unchanged. ``num_threads`` defaults to torch's intra-op
+    thread count (``OMP_NUM_THREADS`` sets both); 0 lets ORT choose.
     """
 
-    def __init__(self, onnx_path: str | os.PathLike, num_threads: int = 0) -> None:
+    def __init__(self, onnx_path: str | os.PathLike, num_threads: int | None = None) -> None:
         super().__init__()
         import onnxruntime as ort
 
@@ -90,6 +91,7 @@ class OnnxRuntimeNetwork(nn.Module):
                              "--config_file configs/inference.json --ckpt_file models/model.pt --onnx_path "
                              f"{path}")
         options = ort.SessionOptions()
+        num_threads = torch.get_num_threads() if num_threads is None else num_threads
         if num_threads:
             options.intra_op_num_threads = num_threads
         try:
