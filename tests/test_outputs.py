@@ -185,6 +185,14 @@ def test_cli_seg_nrrd_matches_nifti_input_geometry(phantom_dir, tiny_weights, tm
     assert np.allclose(np.asarray(header["space directions"]), lps[:3, :3].T, atol=1e-5)
     assert np.allclose(np.asarray(header["space origin"]), lps[:3, 3], atol=1e-5)
     assert {header["Segment0_Name"], header["Segment1_Name"]} == {"kidney", "tumor"}
+    # read again with slicerio, the 3D Slicer team's parser of this format
+    import slicerio
+
+    segmentation = slicerio.read_segmentation(str(tmp_path / "case_00001.seg.nrrd"))
+    assert np.allclose(segmentation["ijkToLPS"], lps, atol=1e-5)
+    assert np.array_equal(segmentation["voxels"], data)
+    assert [(s["name"], s["labelValue"], s["layer"]) for s in segmentation["segments"]] == [
+        ("kidney", 1, 0), ("tumor", 2, 0)]
     assert not (tmp_path / "case_00001_preview.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case_00001.seg.nrrd", "case_00001_volumes.json"]
 
