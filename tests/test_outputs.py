@@ -283,3 +283,22 @@ def test_cli_dicom_seg_on_synthetic_series(synthetic_series, tiny_weights, tmp_p
     voxel_ml = 0.8 * 0.7 * 2.5 / 1000
     for name, value in LABELS.items():
         assert np.isclose(np.count_nonzero(pixels == value) * voxel_ml, volumes[f"{name}_ml"], atol=1e-3), name
+
+
+def test_cyst_segment_in_both_formats(synthetic_series, tmp_path):
+    """``keep_cyst``: a third segment, coded Cyst (SCT 367643001) in the SEG and named in the .seg.nrrd."""
+    labels = {"kidney": 1, "tumor": 2, "cyst": 3}
+    image = _loaded(synthetic_series)
+    label = _label_from_block(image)
+    label[label.shape[0] - 3 :, :3, 0] = 3  # a corner of the first slice, outside the block
+    for output_format in ("seg_nrrd", "dicom_seg"):
+        writer = SaveSegmentationd("pred", str(tmp_path), labels, output_format=output_format)
+        writer({"image": image, "pred": torch.as_tensor(label[None])})
+    _, header = nrrd.read(str(tmp_path / "series_001.seg.nrrd"))
+    assert (header["Segment2_Name"], header["Segment2_LabelValue"]) == ("cyst", "3")
+    seg = hd.seg.segread(str(tmp_path / "series_001.seg.dcm"))
+    cyst = next(s for s in seg.SegmentSequence if s.SegmentLabel == "cyst")
+    assert cyst.SegmentNumber == 3 and cyst.SegmentedPropertyTypeCodeSequence[0].CodeValue == "367643001"
+    assert int(seg.NumberOfFrames) == SLICES * 3
+    volumes = json.loads((tmp_path / "series_001_volumes.json").read_text())
+    assert np.isclose(volumes["cyst_ml"], 3 * 3 * 0.8 * 0.7 * 2.5 / 1000, atol=1e-3)
