@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
@@ -75,7 +76,12 @@ class ResumableCheckpoint:
             engine.add_event_handler(Events.STARTED, self.load)
 
     def _remove_older(self, engine: Engine) -> None:
-        """Delete checkpoints left by an earlier (crashed) run once a newer one is safely on disk."""
+        """Delete checkpoints left by an earlier (crashed) run once a newer one is safely on disk.
+
+        Rank 0 alone, as ignite's ``DiskSaver`` saves and removes on rank 0 only (multi-process training).
+        """
+        if idist.get_rank() != 0:
+            return
         newest = find_last_checkpoint(self.save_dir)
         for path in Path(self.save_dir).iterdir():
             if path != newest and _PATTERN.match(path.name):

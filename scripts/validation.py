@@ -34,6 +34,12 @@ logger = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # What readers raise for damaged data: gzip CRC/EOF errors, ITK "could not create IO object", "no DICOMs in".
 _READ_ERRORS = (OSError, EOFError, RuntimeError, ValueError, zlib.error)
+try:  # with pynrrd installed (for .seg.nrrd output), MONAI reads .nrrd inputs with its NrrdReader
+    from nrrd.errors import NRRDError
+
+    _READ_ERRORS += (NRRDError,)
+except ImportError:  # pragma: no cover
+    pass
 # Abdominal CT always holds air (about -1000 HU) around the body or in bowel; MR and rescaled images don't.
 _MIN_EXPECTED_HU = -200.0
 

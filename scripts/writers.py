@@ -1,10 +1,12 @@
-"""Write one segmentation per case, atomically, in the input's exact geometry, with a volumes JSON.
+"""Write one segmentation per case, atomically, in the input's exact geometry, with a volumes JSON and a preview.
 
 MONAI's ``SaveImaged`` names files after the input file (``imaging_seg.nii.gz`` for every KiTS case) and
 writes in place; a crash mid-write leaves a truncated file under the final name. This writer names
 outputs after the case (``case_00012.nii.gz``, see :func:`scripts.inputs.case_name`), reuses a NIfTI
 input's header (qform and sform kept exactly, not re-derived from a resampled affine), writes to a
-temporary name and renames it, and refuses to overwrite its own input.
+temporary name and renames it, and refuses to overwrite its own input. ``output_format`` picks NIfTI (default),
+a 3D Slicer ``.seg.nrrd`` or a DICOM SEG (:mod:`scripts.output_formats`); ``preview`` adds ``<case>_preview.png``
+(:mod:`scripts.preview`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from monai.transforms import MapTransform
 from .atomic import atomic_write_text, publish
 from .errors import InputError
 from .inputs import case_name
+from .output_formats import OUTPUT_SUFFIXES, check_output_format, write_dicom_seg, write_seg_nrrd
 
 __all__ = ["SaveSegmentationd", "label_volumes_ml"]
 
@@ -53,12 +56,17 @@ class SaveSegmentationd(MapTransform):
         image_key: key whose metadata names the case and gives the original geometry.
         output_postfix: appended to the case name (empty by default: ``case_00012.nii.gz``).
         write_volumes: also write ``<case>_volumes.json`` with per-label volumes in mL.
+        output_format: ``nifti`` (``<case>.nii.gz``), ``seg_nrrd`` (``<case>.seg.nrrd``, 3D Slicer) or
+            ``dicom_seg`` (``<case>.seg.dcm``, DICOM series inputs only).
+        preview: also write ``<case>_preview.png`` (axial and coronal views of ``image_key`` with the labels).
     """
 
     def __init__(self, keys: KeysCollection, output_dir: str, label_names: Mapping[str, int],
                  image_key: str = "image", output_postfix: str = "", write_volumes: bool = True,
-                 allow_missing_keys: bool = False) -> None:
+                 output_format: str = "nifti", preview: bool = False, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.output_format = check_output_format(output_format)
+        self.preview = preview
         self.output_dir = Path(output_dir)
         self.label_names = dict(label_names)
         self.image_key = image_key
@@ -83,16 +91,33 @@ class SaveSegmentationd(MapTransform):
                 raise RuntimeError(f"{source}: segmentation shape {label.shape} != input shape {spatial_shape}; "
                                    "the post-processing must invert the pre-processing (Invertd)")
             label = label.astype(np.uint8)
-            target = self.output_dir / f"{name}.nii.gz"
+            target = self.output_dir / f"{name}{OUTPUT_SUFFIXES[self.output_format]}"
             if source and Path(source).resolve() == target.resolve():
                 raise InputError(f"{target}: refusing to overwrite the input; choose another --output_dir")
-            self._write_nifti(label, affine, target, source)
+            if self.output_format == "seg_nrrd":
+                write_seg_nrrd(label, affine, target, self.label_names)
+            elif self.output_format == "dicom_seg":
+                check_output_format(self.output_format, [{"image": source}])
+                write_dicom_seg(label, affine, source, target, self.label_names)
+            else:
+                self._write_nifti(label, affine, target, source)
+            if self.preview:
+                self._write_preview(d, label, affine, self.output_dir / f"{name}_preview.png")
             if self.write_volumes:
                 volumes = {"case": name, "source": source, "segmentation": target.name,
                            **label_volumes_ml(label, affine, self.label_names)}
                 atomic_write_text(self.output_dir / f"{name}_volumes.json", json.dumps(volumes, indent=2))
             logger.info("wrote %s", target)
         return d
+
+    def _write_preview(self, d: Mapping, label: np.ndarray, affine: np.ndarray, target: Path) -> None:
+        from .preview import save_preview  # Pillow only when a preview is asked for
+
+        image = d[self.image_key]
+        array = torch.as_tensor(image).detach().cpu().float().numpy()
+        array = array[0] if array.ndim == 4 else array
+        image_affine = np.asarray(getattr(image, "affine", affine), dtype=np.float64)
+        save_preview(target, array, image_affine, label, affine, self.label_names)
 
     def _write_nifti(self, label: np.ndarray, affine: np.ndarray, target: Path, source: str) -> None:
         image = self._nifti_like_source(label, affine, source)

@@ -212,7 +212,7 @@ def test_good_case_kept_when_a_later_case_fails(tmp_path, tiny_weights):
     message = input_error(lambda: run_inference(tmp_path / "in", tmp_path / "out", tiny_weights))
     assert message.startswith(str(tmp_path / "in" / "b_nan.nii.gz")) and "NaN" in message
     assert snapshot(tmp_path / "in") == before
-    assert sorted(snapshot(tmp_path / "out")) == ["a_good.nii.gz", "a_good_volumes.json"]
+    assert sorted(snapshot(tmp_path / "out")) == ["a_good.nii.gz", "a_good_preview.png", "a_good_volumes.json"]
     assert nib.load(str(tmp_path / "out" / "a_good.nii.gz")).shape == (16, 16, 6)
 
 
@@ -318,7 +318,7 @@ def test_mr_like_intensities_warn_and_complete(tmp_path, tiny_weights):
         run_inference(scan, tmp_path / "out", tiny_weights)
     assert any(str(scan) in str(w.message) and "hold no air" in str(w.message) for w in record)
     assert snapshot(tmp_path / "in") == before
-    assert sorted(os.listdir(tmp_path / "out")) == ["mr.nii.gz", "mr_volumes.json"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["mr.nii.gz", "mr_preview.png", "mr_volumes.json"]
     assert json.loads((tmp_path / "out" / "mr_volumes.json").read_text())["case"] == "mr"
 
 

@@ -164,7 +164,7 @@ def test_orientation_voxel_for_voxel(tmp_path, threshold_weights, axcodes, qform
     source = nib.load(str(scan))
     np.testing.assert_allclose(source.affine, affine, atol=1e-5)  # float32 header storage
     run_inference(scan, tmp_path / "out", threshold_weights, ThresholdNet())
-    assert sorted(os.listdir(tmp_path / "out")) == ["scan.nii.gz", "scan_volumes.json"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["scan.nii.gz", "scan_preview.png", "scan_volumes.json"]
     labels = check_output(tmp_path / "out", "scan", stored.shape, source.affine, source.header)
     assert_matches_interior(labels, expected_labels(stored, affine), affine)
 
@@ -209,7 +209,8 @@ def _single_file(root: Path) -> tuple[Path, dict[str, Path]]:
 def test_input_layouts(tmp_path, tiny_weights, make):
     input_path, sources = make(tmp_path / "in")
     run_inference(input_path, tmp_path / "out", tiny_weights)
-    expected_files = sorted([f"{case}.nii.gz" for case in sources] + [f"{case}_volumes.json" for case in sources])
+    expected_files = sorted([f"{case}{suffix}" for case in sources
+                            for suffix in (".nii.gz", "_preview.png", "_volumes.json")])
     assert sorted(os.listdir(tmp_path / "out")) == expected_files  # named after the case, no temporary files
     for case, source in sources.items():
         image = nib.load(str(source))
@@ -274,7 +275,8 @@ def test_real_dicom_series(tmp_path, threshold_weights):
     np.testing.assert_array_equal(loaded.numpy(), hu)
     run_inference(folder, tmp_path / "out", threshold_weights, ThresholdNet(),
                   slice_size=list(hu.shape[:2]), lcc_enabled=False)
-    assert sorted(os.listdir(tmp_path / "out")) == ["example_ct_dicom.nii.gz", "example_ct_dicom_volumes.json"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["example_ct_dicom.nii.gz", "example_ct_dicom_preview.png",
+                                                    "example_ct_dicom_volumes.json"]
     # the NIfTI header stores the affine as float32: 1e-4 mm on origins of several hundred mm
     labels = check_output(tmp_path / "out", "example_ct_dicom", hu.shape, affine, atol=1e-4)
     expected = expected_labels(hu, affine)
