@@ -14,7 +14,7 @@ import torch
 from monai.networks.nets import BasicUNet
 
 from conftest import BUNDLE_ROOT, TINY_OVERRIDES
-from scripts.networks import WPUNet
+from scripts.networks import PlainUNet, PocketUNet, SDUNet, WPUNet
 from scripts.onnx_export import OnnxRuntimeNetwork, export_onnx, max_abs_difference
 
 INFERENCE = str(BUNDLE_ROOT / "configs" / "inference.json")
@@ -28,14 +28,20 @@ def _networks():
     return {
         "WPUNet": WPUNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8, 16), strides=(2, 2)),
         "BasicUNet": BasicUNet(spatial_dims=2, in_channels=1, out_channels=3, features=(4, 4, 8, 8, 16, 4)),
+        "SDUNet": SDUNet(channels=(4, 8, 16), strides=(2, 2), norm=("group", {"num_groups": 4}), head_channels=4),
+        "PlainUNet": PlainUNet(channels=(4, 8, 16)),
+        "PocketUNet": PocketUNet(features=4, depth=2),
     }
+
+
+FAMILY_2D = ["WPUNet", "SDUNet", "PlainUNet", "PocketUNet", "BasicUNet"]
 
 
 def _overrides() -> list[str]:
     return sum(([f"--{k}", json.dumps(v)] for k, v in TINY_OVERRIDES.items()), [])
 
 
-@pytest.mark.parametrize("name", ["WPUNet", "BasicUNet"])
+@pytest.mark.parametrize("name", FAMILY_2D)
 def test_onnx_runtime_matches_torch(name, tmp_path):
     network = _networks()[name].eval()
     path = export_onnx(network, tmp_path / f"{name}.onnx", SLICE)
@@ -49,7 +55,7 @@ def test_onnx_runtime_matches_torch(name, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [f"{name}.onnx"]  # no temporary file left behind
 
 
-@pytest.mark.parametrize("name", ["WPUNet", "BasicUNet"])
+@pytest.mark.parametrize("name", FAMILY_2D)
 def test_torchscript_matches_torch(name, tmp_path):
     from monai.networks.utils import convert_to_torchscript
 
