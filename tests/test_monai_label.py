@@ -398,7 +398,9 @@ def reference(server) -> dict:
     return {}
 
 
-pytestmark_server = pytest.mark.slow
+# slow, and the first test also builds the server environment when it is not cached (minutes)
+def pytestmark_server(fn):
+    return pytest.mark.slow(pytest.mark.timeout(1800)(fn))
 
 
 @pytestmark_server
