@@ -147,9 +147,11 @@ def _multipart(fields: dict[str, str], files: dict[str, Path]) -> tuple[bytes, s
 class Server:
     """A running ``monailabel.main start_server`` and the requests the Slicer plugin sends to it."""
 
-    def __init__(self, url: str, proc: subprocess.Popen, log: Path, app: Path) -> None:
-        self.url, self.proc, self.log, self.app = url, proc, log, app
-        self.bundle = app / "model" / MODEL
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path, root: Path, local_image: Path) -> None:
+        self.url, self.proc, self.log, self.root = url, proc, log, root
+        self.app = root / "app"
+        self.bundle = self.app / "model" / MODEL
+        self.local_image = local_image  # a volume "loaded in Slicer": not in the studies folder
 
     def log_tail(self, lines: int = 40) -> str:
         return "".join(self.log.read_text(errors="replace").splitlines(True)[-lines:]) if self.log.exists() else ""
@@ -370,9 +372,7 @@ def server(server_python, tmp_path_factory) -> Server:
            "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    srv = Server(f"http://127.0.0.1:{port}", proc, log, app)
-    srv.local_image = local_image
-    srv.root = root
+    srv = Server(f"http://127.0.0.1:{port}", proc, log, root, local_image)
     try:
         deadline = time.monotonic() + SERVER_START_S
         while time.monotonic() < deadline:
