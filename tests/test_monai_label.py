@@ -121,6 +121,17 @@ def test_train_config_runs_once_with_the_run_id_slicer_sends(phantom_dir, tmp_pa
     assert (tmp_path / "models" / "model.pt").exists()
 
 
+def test_lazy_datalist_reads_the_dataset_only_when_used(tmp_path, phantom_dir):
+    from scripts.errors import InputError
+    from scripts.prepare_datalist import LazyDatalist, load_datalist
+
+    unused = LazyDatalist(str(tmp_path / "absent"))  # constructing it reads nothing
+    with pytest.raises(InputError, match="absent"):
+        unused["training"]  # the same one-line error as before, once the split is needed
+    lazy = LazyDatalist(str(phantom_dir), "", 0, 2, 0)
+    assert dict(lazy) == load_datalist(str(phantom_dir), "", 0, 2, 0)
+
+
 def _write_small_ct() -> str:
     from scripts.phantoms import generate_phantom
 
