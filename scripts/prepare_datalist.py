@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from monai.data import load_decathlon_datalist
@@ -29,7 +30,8 @@ from .atomic import atomic_write_text
 from .errors import InputError
 from .validation import check_datalist
 
-__all__ = ["find_kits_cases", "build_datalist", "write_datalist", "load_datalist", "split_folds", "evaluation_datalist"]
+__all__ = ["find_kits_cases", "build_datalist", "write_datalist", "load_datalist", "LazyDatalist", "split_folds",
+           "evaluation_datalist"]
 
 CASE_PATTERN = re.compile(r"^case_\d{5}$")
 IMAGE_NAME = "imaging.nii.gz"
@@ -130,6 +132,33 @@ def load_datalist(dataset_dir: str, data_list_file_path: str | None = None, fold
             if items:
                 check_datalist(items)
     return split
+
+
+class LazyDatalist(Mapping):
+    """The split of :func:`load_datalist` (same arguments), loaded and checked on first access only.
+
+    MONAI Label's trainer replaces ``train#dataset#data`` and ``validate#dataset#data`` with its own lists and
+    runs the bundle with the run id Slicer sends, ``""``, which makes MONAI resolve every id of train.json:
+    an eager ``load_datalist`` would then fail on the default ``dataset_dir`` although nothing uses it.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._args, self._kwargs = args, kwargs
+        self._split: dict[str, list[dict]] | None = None
+
+    def _load(self) -> dict[str, list[dict]]:
+        if self._split is None:
+            self._split = load_datalist(*self._args, **self._kwargs)
+        return self._split
+
+    def __getitem__(self, key: str) -> list[dict]:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
 
 
 def evaluation_datalist(dataset_dir: str, data_list_file_path: str | None = None, fold: int = 0,

@@ -150,7 +150,15 @@ class _LoaderNamingFile:
 
     def __init__(self, loader: LoadImage) -> None:
         self.loader = loader
-        self.image_only = loader.image_only  # the two members LoadImaged uses besides the call
+
+    @property
+    def image_only(self) -> bool:
+        """The wrapped loader's flag, read and written through: MONAI Label sets ``_loader.image_only = False``."""
+        return self.loader.image_only
+
+    @image_only.setter
+    def image_only(self, value: bool) -> None:
+        self.loader.image_only = value
 
     def register(self, reader) -> None:
         self.loader.register(reader)

@@ -1,0 +1,492 @@
+"""MONAI Label 0.8.5 serves this bundle, unmodified, as a model of its ``monaibundle`` sample app.
+
+The server runs for real, in its own environment (``tools/monailabel_env.py``, cached outside the repository),
+on 127.0.0.1, and is called the way 3D Slicer's MONAI Label plugin calls it (``plugins/slicer/MONAILabel``:
+``/info``; ``PUT /session/`` for a locally loaded volume; ``POST /infer/<model>`` with the model's first config
+values plus ``result_extension`` ``.nrrd`` and ``result_dtype`` ``uint8``; ``POST /train/<model>``). The contract
+it checks is ``../shared/reference/monai_label.md``.
+
+Inputs: ten axial slices (5..14, both kidneys) of the real CT ``../shared/data/totalseg_example/example_ct_sm.nii.gz``
+(Apache-2.0; the crop is written to the temporary studies folder only) and SYNTHETIC phantoms from
+``scripts/phantoms.py``. The bundle's default (full-size) network is served, about 7 GMAC per slice, so the volumes
+are kept to a few slices and the server runs with ``THP_MEM_ALLOC_ENABLE=1`` (docs/benchmark.md, fix 2) to keep
+the run short on a CPU.
+
+"Trained weights, not random ones": the weights served are a seeded network whose output-layer bias is set so
+that the label map depends on the image (a random initialisation gives a constant map here), and the server's
+answer must equal the bundle's own ``run inferring`` with the same file. MONAI Label loads ``models/model.pt``
+with ``strict=False``, so a key mismatch would silently serve random weights: the keys are compared too.
+"""
+
+from __future__ import annotations
+
+import email
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import itk
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import LoadImaged
+
+from conftest import BUNDLE_ROOT, SHARED_DATA
+
+sys.path.insert(0, str(BUNDLE_ROOT / "tools"))
+import monailabel_env  # noqa: E402
+
+MODEL = "kidney_ct_wpunet"  # no deepedit/deepgrow/detection/classification: those switch MONAI Label's behaviour
+REAL_CT = SHARED_DATA / "totalseg_example" / "example_ct_sm.nii.gz"
+REAL_CT_CROP = "example_ct_kidneys.nii.gz"  # slices 5..14 of REAL_CT, in the studies folder
+META = json.loads((BUNDLE_ROOT / "configs" / "metadata.json").read_text())
+CHANNEL_DEF = META["network_data_format"]["outputs"]["pred"]["channel_def"]
+EXPECTED_LABELS = {name.lower(): int(value) for value, name in CHANNEL_DEF.items() if name.lower() != "background"}
+# What the Slicer plugin adds to every infer request (MONAILabel.py, MONAILabelLogic.infer).
+SLICER_RESULT_PARAMS = {"result_extension": ".nrrd", "result_dtype": "uint8", "client_id": "kidney-bundle-test"}
+# Bundle files a user would copy into <app>/model/<name>/ (weights are added by the test).
+BUNDLE_CONTENT = ("configs", "scripts", "docs", "LICENSE", "large_files.yml")
+SERVER_START_S = 180
+INFER_TIMEOUT_S = 600
+TRAIN_TIMEOUT_S = 600
+
+
+# ---------------------------------------------------------------- the contract, in-process (fast, no server)
+
+def _inference_parser(bundle_root: Path = BUNDLE_ROOT) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle_root)
+    return parser
+
+
+def test_metadata_keys_and_labels_meet_the_monai_label_contract():
+    """First input key ``image``, first output key ``pred``; channel_def 0 background then contiguous 1..N."""
+    fmt = META["network_data_format"]
+    assert next(iter(fmt["inputs"])) == "image"
+    assert next(iter(fmt["outputs"])) == "pred"
+    assert CHANNEL_DEF["0"].lower() == "background"
+    assert sorted(EXPECTED_LABELS.values()) == list(range(1, len(CHANNEL_DEF)))
+    assert max(EXPECTED_LABELS.values()) <= 255  # Slicer asks for uint8
+
+
+def test_preprocessing_loads_the_path_monai_label_passes_with_image_only_false():
+    """MONAI Label sets ``_loader.image_only = False`` on every LoadImaged and adds ``image_path``."""
+    pre = list(_inference_parser().get_parsed_content("preprocessing").transforms)
+    loaders = [t for t in pre if isinstance(t, LoadImaged)]
+    assert loaders, "MONAI Label only wraps LoadImaged subclasses; the loader must be one"
+    for t in loaders:
+        t._loader.image_only = False
+    data = {"image": str(REAL_CT) if REAL_CT.exists() else _write_small_ct(), "image_path": "x.nii.gz"}
+    for t in pre:
+        data = t(data)
+    assert data["image"].shape[1:3] == tuple(_inference_parser().get_parsed_content("slice_size"))
+    assert isinstance(data["image_path"], str)
+
+
+def test_train_config_runs_once_with_the_run_id_slicer_sends(phantom_dir, tmp_path, monkeypatch):
+    """MONAI Label's trainer calls ``monai.bundle.run(run_id="")`` (Slicer's default) with its own data lists:
+    MONAI then resolves every id of train.json. Training must run exactly once and the unused default
+    ``dataset_dir`` must not be read."""
+    import monai.bundle
+    from monai.engines import SupervisedTrainer
+
+    from conftest import TINY_OVERRIDES
+
+    runs = []
+    original_run = SupervisedTrainer.run
+    monkeypatch.setattr(SupervisedTrainer, "run", lambda self, *a, **k: (runs.append(1), original_run(self, *a, **k)))
+    case = lambda i: {"image": str(phantom_dir / f"case_0000{i}" / "imaging.nii.gz"),  # noqa: E731
+                      "label": str(phantom_dir / f"case_0000{i}" / "segmentation.nii.gz")}
+    monai.bundle.run(run_id="", init_id=None, final_id=None, meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
+                     config_file=str(BUNDLE_ROOT / "configs" / "train.json"), bundle_root=str(BUNDLE_ROOT),
+                     **{"train#trainer#max_epochs": 1, "train#dataset#data": [case(0)], "device": "cpu",
+                        "validate#dataset#data": [case(1)], "dataset_dir": str(tmp_path / "absent"),
+                        "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval"),
+                        "num_workers": 0, "progress_bar": False, "slices_per_volume": 2, **TINY_OVERRIDES})
+    assert len(runs) == 1, f"the trainer ran {len(runs)} times"
+    assert (tmp_path / "models" / "model.pt").exists()
+
+
+def test_lazy_datalist_reads_the_dataset_only_when_used(tmp_path, phantom_dir):
+    from scripts.errors import InputError
+    from scripts.prepare_datalist import LazyDatalist, load_datalist
+
+    unused = LazyDatalist(str(tmp_path / "absent"))  # constructing it reads nothing
+    with pytest.raises(InputError, match="absent"):
+        unused["training"]  # the same one-line error as before, once the split is needed
+    lazy = LazyDatalist(str(phantom_dir), "", 0, 2, 0)
+    assert dict(lazy) == load_datalist(str(phantom_dir), "", 0, 2, 0)
+
+
+def _write_small_ct() -> str:
+    from scripts.phantoms import generate_phantom
+
+    image, _, affine = generate_phantom(1, in_plane_size=32, slice_thickness_range=(10.0, 10.0))
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"kidney_ml_{uuid.uuid4().hex[:8]}.nii.gz"
+    nib.save(nib.Nifti1Image(image.astype(np.int16), affine), path)
+    return str(path)
+
+
+# ---------------------------------------------------------------- HTTP as the Slicer plugin does it
+
+def _multipart(fields: dict[str, str], files: dict[str, Path]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    chunks = []
+    for name, value in fields.items():
+        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, path in files.items():
+        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{path.name}"\r\n'
+                      "Content-Type: application/octet-stream\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+class Server:
+    """A running ``monailabel.main start_server`` and the requests the Slicer plugin sends to it."""
+
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path, root: Path, local_image: Path) -> None:
+        self.url, self.proc, self.log, self.root = url, proc, log, root
+        self.app = root / "app"
+        self.bundle = self.app / "model" / MODEL
+        self.local_image = local_image  # a volume "loaded in Slicer": not in the studies folder
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "".join(self.log.read_text(errors="replace").splitlines(True)[-lines:]) if self.log.exists() else ""
+
+    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+                timeout: float = 60) -> tuple[int, dict, bytes]:
+        req = urllib.request.Request(self.url + path, data=body, method=method)
+        if content_type:
+            req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read()
+
+    def json(self, method: str, path: str, payload: dict | None = None, timeout: float = 60):
+        body = json.dumps(payload).encode() if payload is not None else None
+        status, _, content = self.request(method, path, body, "application/json" if body else None, timeout)
+        assert status == 200, f"{method} {path}: HTTP {status} {content[:500]!r}\n{self.log_tail()}"
+        return json.loads(content)
+
+    def create_session(self, volume: Path) -> str:
+        body, ctype = _multipart({"params": "{}"}, {"files": volume})
+        status, _, content = self.request("PUT", "/session/", body, ctype)
+        assert status == 200, f"PUT /session/: HTTP {status} {content[:500]!r}\n{self.log_tail()}"
+        return json.loads(content)["session_id"]
+
+    def infer(self, image_id: str, session_id: str | None = None) -> tuple[dict, Path]:
+        """POST /infer/<model> with the params the plugin builds from /info; returns (params, label file)."""
+        info = self.json("GET", "/info/")
+        params = {k: v[0] if isinstance(v, list) else v for k, v in info["models"][MODEL]["config"].items()}
+        params.update(SLICER_RESULT_PARAMS)
+        query = f"/infer/{MODEL}?image={urllib.parse.quote_plus(image_id)}"
+        if session_id:
+            query += f"&session_id={urllib.parse.quote_plus(session_id)}"
+        body, ctype = _multipart({"params": json.dumps(params)}, {})
+        status, headers, content = self.request("POST", query, body, ctype, timeout=INFER_TIMEOUT_S)
+        assert status == 200, f"POST {query}: HTTP {status} {content[:500]!r}\n{self.log_tail()}"
+        reply_type = next(v for k, v in headers.items() if k.lower() == "content-type")
+        message = email.message_from_bytes(f"Content-Type: {reply_type}\r\n\r\n".encode() + content)
+        parts = {p.get_param("name", header="content-disposition"): p for p in message.get_payload()}
+        result_params = json.loads(parts["params"].get_payload(decode=True))
+        label_file = self.app.parent / f"result_{uuid.uuid4().hex[:8]}_{parts['image'].get_filename()}"
+        label_file.write_bytes(parts["image"].get_payload(decode=True))
+        return result_params, label_file
+
+    def train(self, overrides: dict, timeout: float = TRAIN_TIMEOUT_S) -> dict:
+        """POST /train/<model> with the trainer's first config values (as the plugin) updated by ``overrides``."""
+        info = self.json("GET", "/info/")
+        params = {k: v[0] if isinstance(v, list) else v for k, v in info["trainers"][MODEL]["config"].items()}
+        params.update(overrides)
+        task_id = self.json("POST", f"/train/{MODEL}", params)["id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            task = self.json("GET", "/train/")  # the latest task: SUBMITTED -> RUNNING -> DONE | ERROR | STOPPED
+            if task["id"] == task_id and task["status"] not in ("SUBMITTED", "RUNNING"):
+                return task
+            time.sleep(2)
+        self.request("DELETE", "/train/")
+        pytest.fail(f"training did not finish within {timeout} s\n{self.log_tail()}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server and everything it started (training runs as a child process): its process group."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+
+
+# ---------------------------------------------------------------- test data
+
+def _phantom(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A small SYNTHETIC phantom (64x64 in-plane, 10 mm slices) cut to the slices holding a kidney."""
+    from scripts.phantoms import generate_phantom
+
+    image, label, affine = generate_phantom(seed, in_plane_size=64, slice_thickness_range=(10.0, 10.0))
+    z = np.nonzero((label > 0).any(axis=(0, 1)))[0]
+    lo, hi = int(z.min()), int(z.max()) + 1
+    shift = np.eye(4)
+    shift[2, 3] = lo
+    return image[..., lo:hi], label[..., lo:hi], affine @ shift
+
+
+def _write_phantom(folder: Path, name: str, seed: int, kits_storage: bool) -> tuple[Path, Path]:
+    """Write image and label NIfTIs; ``kits_storage`` stores them like KiTS (slice axis first, I-P-L)."""
+    from scripts.phantoms import ras_to_kits
+
+    image, label, affine = _phantom(seed)
+    if kits_storage:
+        (image, aff), (label, _) = ras_to_kits(image, affine), ras_to_kits(label, affine)
+    else:
+        aff = affine
+    folder.mkdir(parents=True, exist_ok=True)
+    image_path, label_path = folder / f"{name}.nii.gz", folder / f"{name}_label.nii.gz"
+    nib.save(nib.Nifti1Image(image.astype(np.int16), aff), image_path)
+    nib.save(nib.Nifti1Image(label.astype(np.uint8), aff), label_path)
+    return image_path, label_path
+
+
+def _planted_weights(bundle: Path, calibration_image: Path, seed: int = 0) -> dict:
+    """Seeded network weights whose label map varies with the image (see the module docstring).
+
+    The output bias is shifted so that, on a few slices of ``calibration_image``, about 40 % of the pixels
+    are kidney and 20 % tumour; without it, random weights give a constant map and prove nothing.
+    """
+    parser = _inference_parser(bundle)
+    parser["device"] = "cpu"
+    torch.manual_seed(seed)
+    net = parser.get_parsed_content("network_def").eval()
+    image = parser.get_parsed_content("preprocessing")({"image": str(calibration_image)})["image"]
+    middle = image.shape[-1] // 2
+    slices = image[..., middle - 1:middle + 2].permute(3, 0, 1, 2).float()  # (3 slices, 1, H, W)
+    with torch.no_grad():
+        logits = net(slices)
+    diff_kidney = (logits[:, 1] - logits[:, 0]).flatten()
+    diff_tumour = (logits[:, 2] - logits[:, 0]).flatten()
+    with torch.no_grad():
+        net.decoder.head.bias[1] -= torch.quantile(diff_kidney, 0.6)
+        net.decoder.head.bias[2] -= torch.quantile(diff_tumour, 0.8)
+    return net.state_dict()
+
+
+def _read(path: Path) -> tuple[np.ndarray, tuple]:
+    """Voxels (ITK index order) and geometry (size, spacing, origin, direction) as ITK (3D Slicer) sees them."""
+    img = itk.imread(str(path))
+    geometry = (tuple(int(s) for s in itk.size(img)), np.array(itk.spacing(img)), np.array(itk.origin(img)),
+                np.array(img.GetDirection()))
+    return np.asarray(itk.array_from_image(img)), geometry
+
+
+def _assert_same_geometry(result: Path, study: Path) -> None:
+    (_, got), (_, want) = _read(result), _read(study)
+    assert got[0] == want[0], f"size {got[0]} != study {want[0]}"
+    for name, a, b in zip(("spacing", "origin", "direction"), got[1:], want[1:]):
+        # NRRD stores geometry as decimal text: equal to the study to 1e-5 mm (or 1e-5 in the direction cosines)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=f"{name} differs from the study's")
+
+
+def _bundle_own_inference(bundle: Path, image: Path, weights: Path, out: Path) -> np.ndarray:
+    """The bundle's own ``run inferring`` (this repository's environment) on ``image`` with ``weights``."""
+    args = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file",
+            str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle), "--input_path", str(image),
+            "--output_dir", str(out), "--model_path", str(weights)]
+    env = {**os.environ, "PYTHONPATH": str(bundle), "THP_MEM_ALLOC_ENABLE": "1"}
+    done = subprocess.run(args, cwd=bundle, env=env, capture_output=True, text=True, timeout=INFER_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = sorted(out.glob("*.nii.gz"))
+    assert len(written) == 1, written
+    return _read(written[0])[0]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- the server
+
+@pytest.fixture(scope="module")
+def server_python() -> Path:
+    try:
+        return monailabel_env.ensure_env(log=lambda msg: print(msg, file=sys.stderr))
+    except monailabel_env.EnvBuildError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the MONAI Label test, but its server environment could not be built: {err}")
+        pytest.skip(f"MONAI Label server environment cannot be built here (no network?): {err}")
+
+
+@pytest.fixture(scope="module")
+def server(server_python, tmp_path_factory) -> Server:
+    """The monaibundle sample app with a copy of this bundle as ``model/<MODEL>``, served on a free port."""
+    if not REAL_CT.exists():
+        pytest.skip(f"real data not available: {REAL_CT} is absent")
+    root = tmp_path_factory.mktemp("monailabel")
+    prefix = subprocess.run([str(server_python), "-c", "import sys; print(sys.prefix)"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    app = root / "app"
+    shutil.copytree(Path(prefix) / "monailabel" / "sample-apps" / "monaibundle", app,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    bundle = app / "model" / MODEL
+    for item in BUNDLE_CONTENT:
+        src = BUNDLE_ROOT / item
+        (shutil.copytree(src, bundle / item, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy2(src, bundle / item))
+
+    studies = root / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    nib.save(nib.load(REAL_CT).slicer[:, :, 5:15], studies / REAL_CT_CROP)
+    # two labelled SYNTHETIC phantoms in the datastore: what /train learns from (one train, one validation)
+    for name, seed, kits in (("phantom_train_a", 11, True), ("phantom_train_b", 12, False)):
+        image, label = _write_phantom(root / "datastore_src", name, seed, kits)
+        shutil.copy2(image, studies / image.name)
+        shutil.copy2(label, studies / "labels" / "final" / image.name)
+    # the phantom a user loads locally in Slicer (KiTS storage: the result must be inverted back to it)
+    local_image, _ = _write_phantom(root / "local", "local_phantom", 21, kits_storage=True)
+
+    (bundle / "models").mkdir()
+    torch.save({"model": _planted_weights(bundle, local_image)}, bundle / "models" / "model.pt")
+
+    log = root / "server.log"
+    port = _free_port()
+    env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions"), "PYTHONPATH": "", "THP_MEM_ALLOC_ENABLE": "1",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    cmd = [str(server_python), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
+           "--conf", "models", MODEL, "--conf", "zoo_source", "github", "--conf", "sam2", "false",
+           "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    srv = Server(f"http://127.0.0.1:{port}", proc, log, root, local_image)
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode} before answering\n{srv.log_tail(60)}")
+            try:
+                if srv.request("GET", "/info/", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"server did not answer /info/ within {SERVER_START_S} s\n{srv.log_tail(60)}")
+        yield srv
+    finally:
+        _stop(proc)
+    assert proc.poll() is not None, "server still running after the finalizer"
+
+
+@pytest.fixture(scope="module")
+def reference(server) -> dict:
+    """Results shared by the tests below (weights before training, the bundle's own output with them)."""
+    return {}
+
+
+# slow, and the first test also builds the server environment when it is not cached (minutes)
+def pytestmark_server(fn):
+    return pytest.mark.slow(pytest.mark.timeout(1800)(fn))
+
+
+@pytestmark_server
+def test_info_lists_the_bundle_with_its_channel_def_labels(server):
+    info = server.json("GET", "/info/")
+    model = info["models"][MODEL]
+    assert model["type"] == "segmentation"
+    assert model["labels"] == EXPECTED_LABELS
+    assert model["version"] == META["version"]
+    assert model["description"] == META["description"]
+    assert MODEL in info["trainers"], "train.json is there, so a trainer must be listed"
+    assert set(info["labels"]) == set(EXPECTED_LABELS)
+
+
+@pytestmark_server
+def test_weights_file_keys_equal_the_network_keys(server):
+    """MONAI Label loads with strict=False: any key mismatch would silently leave random weights."""
+    parser = _inference_parser(server.bundle)
+    parser["device"] = "cpu"
+    net_keys = set(parser.get_parsed_content("network_def").state_dict())
+    checkpoint = torch.load(server.bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert set(checkpoint.get("model", checkpoint)) == net_keys
+
+
+@pytestmark_server
+def test_infer_on_real_ct_returns_labels_in_the_study_geometry(server):
+    params, label_file = server.infer(REAL_CT_CROP.split(".")[0])
+    assert params["label_names"] == EXPECTED_LABELS
+    voxels, _ = _read(label_file)
+    assert voxels.dtype == np.uint8
+    assert set(np.unique(voxels)) <= {0, *EXPECTED_LABELS.values()}
+    _assert_same_geometry(label_file, server.root / "studies" / REAL_CT_CROP)
+    assert "Checkpoint keys don't match" not in server.log.read_text(errors="replace")
+
+
+@pytestmark_server
+def test_infer_on_uploaded_volume_uses_the_bundle_weights(server, reference, tmp_path):
+    """A locally loaded (KiTS-stored) phantom, sent with PUT /session/ as Slicer does: geometry, and the
+    same label map as the bundle's own inference with the same weights."""
+    session_id = server.create_session(server.local_image)
+    params, label_file = server.infer("local_phantom", session_id=session_id)
+    assert params["label_names"] == EXPECTED_LABELS
+    _assert_same_geometry(label_file, server.local_image)
+    served, _ = _read(label_file)
+
+    weights = tmp_path / "planted.pt"
+    shutil.copy2(server.bundle / "models" / "model.pt", weights)
+    own = _bundle_own_inference(server.bundle, server.local_image, weights, tmp_path / "own")
+    # the check can only tell weights apart if the map depends on them: it has background and foreground
+    assert 0.05 < (own > 0).mean() < 0.95, f"planted weights give a near-constant map: {np.unique(own)}"
+    agreement = (served == own).mean()
+    assert agreement >= 0.999, f"server and bundle disagree on {1 - agreement:.2%} of voxels: other weights?"
+    reference.update(planted_map=own, planted_sha=_sha256(weights), session_id=session_id)
+
+
+@pytestmark_server
+def test_train_rewrites_the_weights_and_the_next_infer_uses_them(server, reference, tmp_path):
+    if "planted_map" not in reference:
+        pytest.skip("needs test_infer_on_uploaded_volume_uses_the_bundle_weights (the map before training)")
+    model_file = server.bundle / "models" / "model.pt"
+    before = model_file.stat().st_mtime_ns
+    result = server.train({"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False})
+    assert result["status"] == "DONE", f"{result}\n{server.log_tail()}"
+    assert model_file.stat().st_mtime_ns != before, f"/train did not rewrite model.pt: {result}\n{server.log_tail()}"
+    new_weights = tmp_path / "trained.pt"
+    shutil.copy2(model_file, new_weights)
+    assert _sha256(new_weights) != reference["planted_sha"]
+    parser = _inference_parser(server.bundle)
+    parser["device"] = "cpu"
+    checkpoint = torch.load(new_weights, map_location="cpu", weights_only=True)
+    assert set(checkpoint.get("model", checkpoint)) == set(parser.get_parsed_content("network_def").state_dict())
+
+    own_after = _bundle_own_inference(server.bundle, server.local_image, new_weights, tmp_path / "own_after")
+    assert (own_after != reference["planted_map"]).mean() > 0.001, "training left the label map unchanged"
+    _, label_file = server.infer("local_phantom", session_id=reference["session_id"])
+    served_after, _ = _read(label_file)
+    agreement = (served_after == own_after).mean()
+    assert agreement >= 0.999, f"after /train the server disagrees with the new weights on {1 - agreement:.2%}"
