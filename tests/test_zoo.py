@@ -89,6 +89,9 @@ def test_version_and_changelog_are_current():
                   if "==" in line and not line.startswith("#"))
     for field, package in versions.items():
         assert meta[field] == pinned[package], f"{field} {meta[field]} != requirements.txt {pinned[package]}"
+    # every other runtime pin is listed with the same version, and nothing else is
+    others = {k: v for k, v in pinned.items() if k not in versions.values()}
+    assert meta["optional_packages_version"] == others
 
 
 def test_verify_net_in_out_on_the_default_network():
