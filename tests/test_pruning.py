@@ -21,6 +21,7 @@ from scripts.errors import InputError
 from scripts.networks import WPUNet
 from scripts.pruning import (
     apply_pruning,
+    check_pruning_flags,
     is_pruned,
     load_sparse_state_dict,
     make_permanent,
@@ -216,6 +217,19 @@ def _check_segmentations(out, phantom_dir, cases):
     for case in cases:
         image, seg = nib.load(phantom_dir / case / "imaging.nii.gz"), nib.load(out / f"{case}.nii.gz")
         assert seg.shape == image.shape and set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("flag, value", [("sparsity", 1.5), ("method", "random"), ("scope", "bias"),
+                                         ("finetune_epochs", -1), ("channel_ratio", "0.5"), ("std_ratio", -1.0)])
+def test_bad_pruning_flags_are_input_errors(flag, value):
+    with pytest.raises(InputError, match=f"--(prune_)?{flag}"):
+        check_pruning_flags(**{flag: value})
+
+
+def test_bad_pruning_flag_on_the_command_line_gives_one_line(phantom_dir, tmp_path):
+    result = _bundle("pruning", [TRAIN, PRUNE], dataset_dir=str(phantom_dir), ckpt_dir=str(tmp_path),
+                     model_path=str(BUNDLE_ROOT / "configs" / "train.json"), sparsity=1.5)
+    assert result.returncode == 2 and "--sparsity" in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@ and the ``run pruning`` workflow driver (``configs/prune.json``)."""
 
 from .storage import load_sparse_state_dict, save_checkpoint, save_sparse_state_dict
 from .structured import load_structured, output_layers, prune_channels, shrink_to_state_dict
-from .workflow import evaluate_dice, format_report_table, load_weights, run_pruning, run_structured_pruning
+from .workflow import check_pruning_flags, evaluate_dice, format_report_table, load_weights, run_pruning, run_structured_pruning
 from .unstructured import (
     METHODS,
     SCOPES,
@@ -20,6 +20,7 @@ __all__ = [
     "SCOPES",
     "StdThresholdPruning",
     "apply_pruning",
+    "check_pruning_flags",
     "evaluate_dice",
     "format_report_table",
     "is_pruned",

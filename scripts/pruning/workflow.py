@@ -22,11 +22,33 @@ from ..atomic import atomic_write_text
 from ..errors import InputError
 from .storage import save_checkpoint, save_sparse_state_dict
 from .structured import prune_channels
-from .unstructured import apply_pruning, make_permanent, sparsity_report
+from .unstructured import METHODS, SCOPES, apply_pruning, make_permanent, sparsity_report
 
-__all__ = ["load_weights", "evaluate_dice", "run_pruning", "run_structured_pruning", "format_report_table"]
+__all__ = ["check_pruning_flags", "load_weights", "evaluate_dice", "run_pruning", "run_structured_pruning", "format_report_table"]
 
 logger = logging.getLogger("pruning")
+
+
+def _check_flags(finetune_epochs, **fractions) -> None:
+    """One-line errors for bad command-line values (instead of a traceback from inside the pruning code)."""
+    if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+        raise InputError(f"--finetune_epochs: expected an integer >= 0, got {finetune_epochs!r}")
+    for name, value in fractions.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise InputError(f"--{name}: expected a fraction in [0, 1), e.g. 0.5, got {value!r}")
+
+
+def check_pruning_flags(method: str = "magnitude", sparsity: float = 0.5, scope: str = "kernels",
+                        std_ratio: float = 0.67, finetune_epochs: int = 0, channel_ratio: float = 0.5) -> bool:
+    """Check the pruning ids of ``configs/prune.json`` (run by its ``initialize``, before any data is loaded)."""
+    _check_flags(finetune_epochs, sparsity=sparsity, channel_ratio=channel_ratio)
+    if method not in METHODS:
+        raise InputError(f"--prune_method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if scope not in SCOPES:
+        raise InputError(f"--prune_scope: expected one of {', '.join(SCOPES)}, got {scope!r}")
+    if isinstance(std_ratio, bool) or not isinstance(std_ratio, (int, float)) or std_ratio < 0:
+        raise InputError(f"--std_ratio: expected a number >= 0, got {std_ratio!r}")
+    return True
 
 
 def load_weights(network: nn.Module, path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
@@ -92,8 +114,7 @@ def run_pruning(
     ``<output_dir>/pruning_report.json``). ``trainer`` must train ``network`` itself (same object)."""
     if Path(pruned_model_path).resolve() == Path(model_path).resolve():
         raise InputError(f"{pruned_model_path}: the pruned model would overwrite its input; choose another name")
-    if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
-        raise InputError(f"--finetune_epochs: expected an integer >= 0, got {finetune_epochs!r}")
+    check_pruning_flags(method, sparsity, scope, std_ratio, finetune_epochs)
     load_weights(network, model_path, device)
     report: dict = {"model_path": str(model_path), "method": method, "sparsity_target": sparsity, "scope": scope,
                     "global_pruning": global_pruning, "std_ratio": std_ratio, "finetune_epochs": finetune_epochs,
@@ -139,8 +160,7 @@ def run_structured_pruning(
     ``<output_dir>/structured_pruning_report.json``. ``trainer`` must train ``network`` with ``optimizer``."""
     if Path(structured_model_path).resolve() == Path(model_path).resolve():
         raise InputError(f"{structured_model_path}: the pruned model would overwrite its input; choose another name")
-    if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
-        raise InputError(f"--finetune_epochs: expected an integer >= 0, got {finetune_epochs!r}")
+    _check_flags(finetune_epochs, channel_ratio=channel_ratio)
     load_weights(network, model_path, device)
     report: dict = {"model_path": str(model_path), "channel_ratio": channel_ratio, "finetune_epochs": finetune_epochs,
                     "dice_note": "validation fold of train.json's datalist, resampled grid (as training validation)",
