@@ -86,7 +86,7 @@ def format_report_table(report: dict) -> str:
                      f"(channel ratio {report['channel_ratio']})")
         return "\n".join(lines)
     lines.append(f"params: total {after['total_params']:,}, nonzero {after['nonzero_params']:,}, "
-                 f"sparsity {after['sparsity']:.4f} (method {report['method']}, scope {report['scope']}, "
+                 f"sparsity {after['sparsity']:.4f}, of the pruned scope {report['scope_sparsity']:.4f} (method {report['method']}, scope {report['scope']}, "
                  f"{'global' if report['global_pruning'] else 'per-tensor'})")
     sizes = report["file_sizes_bytes"]
     lines.append(f"files: dense {sizes['dense']:,} B, sparse {sizes['sparse']:,} B "
@@ -121,13 +121,15 @@ def run_pruning(
                     "dice_note": "validation fold of train.json's datalist, resampled grid (as training validation)",
                     "params_before": sparsity_report(network), "dice": {}}
     report["dice"]["before_pruning"] = evaluate_dice(evaluator)
-    apply_pruning(network, method, sparsity, scope, global_pruning, std_ratio)
+    targets = apply_pruning(network, method, sparsity, scope, global_pruning, std_ratio)
     report["dice"]["after_pruning"] = evaluate_dice(evaluator)
     if finetune_epochs > 0:
         trainer.run()
         report["dice"]["after_finetuning"] = evaluate_dice(evaluator)
     make_permanent(network)
     report["params_after"] = sparsity_report(network)
+    selected = [getattr(module, name).detach() for module, name in targets]
+    report["scope_sparsity"] = round(sum(int((t == 0).sum()) for t in selected) / sum(t.numel() for t in selected), 6)
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     save_checkpoint(state, pruned_model_path)
     save_sparse_state_dict(state, sparse_model_path)
