@@ -65,3 +65,64 @@ def test_real_kits23_masks_spurious_blob_does_not_change_kidneys(case):
     noisy[:2, :8, :8] = 1  # a spurious blob in a background corner (axes: slice, posterior, left)
     out = _apply(_lcc(), noisy)
     np.testing.assert_array_equal(out, clean)
+
+
+@pytest.mark.parametrize("num_components", [1, 2, 3, 4, 5])
+def test_exactly_the_n_largest_components_are_kept(num_components):
+    label = np.zeros((60, 12, 12), np.uint8)
+    sizes = [10, 8, 6, 4, 2]  # slabs along the first axis, separated by background
+    start = 0
+    for i, size in enumerate(sizes):
+        label[start : start + size, 2:10, 2:10] = 1 if i % 2 == 0 else 2
+        start += size + 2
+    out = _apply(_lcc(lcc_num_components=num_components), label)
+    kept = [bool(out[label_slab].any()) for label_slab in _slabs(sizes)]
+    assert kept == [i < num_components for i in range(len(sizes))]
+    np.testing.assert_array_equal(out[out > 0], label[out > 0])  # kept components keep their labels
+
+
+def _slabs(sizes):
+    start = 0
+    for size in sizes:
+        yield np.s_[start : start + size]
+        start += size + 2
+
+
+def test_tumour_touching_a_kept_kidney_stays_and_a_larger_stray_tumour_is_kept_with_three_components():
+    label = _constructed()
+    three = _apply(_lcc(lcc_num_components=3), label)
+    assert three[18:21, 20:23, 15:18].all()  # the stray tumour (27 voxels) is the third largest component
+    assert not three[16:18, 25:27, 2:4].any()  # the 8-voxel kidney blob is fourth and dropped
+    assert (three[28:32, 8:12, 14:18] == 2).all()
+
+
+def test_evaluate_config_post_processing_follows_the_same_lcc_ids():
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs" / "train.json"), str(BUNDLE_ROOT / "configs" / "evaluate.json")])
+    parser["lcc_num_components"] = 1
+    steps = parser.get_parsed_content("validate#postprocessing").transforms
+    lcc = next(s for s in steps if type(s).__name__ == "KeepLargestConnectedComponentd")
+    out = _apply(lcc, _constructed())
+    assert out[25:36, 5:15, 5:15].all() and not out[2:12, 5:15, 5:15].any()
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs" / "train.json"), str(BUNDLE_ROOT / "configs" / "evaluate.json")])
+    parser["lcc_enabled"] = False
+    steps = parser.get_parsed_content("validate#postprocessing").transforms
+    assert not any(type(s).__name__ == "KeepLargestConnectedComponentd" for s in steps)
+
+
+@pytest.mark.parametrize("case", ["case_00038", "case_00402", "case_00569"])
+def test_real_kits23_masks_stray_tumour_and_kidney_blobs_are_dropped(case):
+    path = shared_path("kits23_masks", f"{case}_segmentation.nii.gz")
+    label = np.asarray(nib.load(path).dataobj).astype(np.uint8)
+    label[label == 3] = 1
+    clean = _apply(_lcc(), label)
+    noisy = label.copy()
+    corners = [np.s_[:2, :8, :8], np.s_[:2, -8:, -8:], np.s_[-2:, :8, -8:]]
+    assert not any(label[c].any() for c in corners)
+    noisy[corners[0]] = 2  # stray tumour, far from both kidneys
+    noisy[corners[1]] = 1  # stray kidney
+    noisy[corners[2]] = 2
+    out = _apply(_lcc(), noisy)
+    np.testing.assert_array_equal(out, clean)
+    assert not any(out[c].any() for c in corners)

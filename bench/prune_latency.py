@@ -1,0 +1,70 @@
+"""CPU forward latency per slice: dense vs unstructured-pruned vs channel-pruned WP-UNet, random weights.
+
+Latency does not depend on the weight values, so this needs no data and no training: it builds the network
+(default: the paper-size WP-UNet 64-512), makes an unstructured copy (global magnitude, ``--sparsity`` of conv
+kernels, made permanent) and a channel-pruned copy (``--channel-ratio``), and times them in one process in
+interleaved rounds (median seconds per slice, one thread unless ``--threads``). Dice needs trained weights: see
+``bench/prune_sweep.py``. Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/prune_latency.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.networks import WPUNet  # noqa: E402
+from scripts.pruning import apply_pruning, make_permanent, prune_channels  # noqa: E402
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", default="64,128,256,512,512")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--channel-ratio", type=float, default=0.5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    channels = tuple(int(c) for c in args.channels.split(","))
+    dense = WPUNet(channels=channels).eval()
+    unstructured = copy.deepcopy(dense)
+    apply_pruning(unstructured, "magnitude", args.sparsity, "kernels")
+    make_permanent(unstructured)
+    structured = prune_channels(copy.deepcopy(dense), torch.zeros(1, 1, args.size, args.size), args.channel_ratio)
+    models = {"dense": dense, "unstructured": unstructured, "structured": structured}
+    x = torch.rand(args.batch, 1, args.size, args.size)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    with torch.inference_mode():
+        for model in models.values():
+            assert model(x).shape == (args.batch, 3, args.size, args.size)
+        for _ in range(args.repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                for _ in range(args.iters):
+                    model(x)
+                times[name].append((time.perf_counter() - start) / (args.iters * args.batch))
+    median = {k: statistics.median(v) for k, v in times.items()}
+    result = {"channels": channels, "size": args.size, "threads": args.threads, "sparsity": args.sparsity,
+              "channel_ratio": args.channel_ratio,
+              "params": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
+              "ms_per_slice": {k: round(v * 1e3, 2) for k, v in median.items()},
+              "speedup": {k: round(median["dense"] / v, 2) for k, v in median.items()}}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Post-training pruning: unstructured masks (WP-UNet magnitude, UNet-PWP std rule), sparse storage, channel pruning,
+and the ``run pruning`` workflow driver (``configs/prune.json``)."""
+
+from .storage import load_sparse_state_dict, save_checkpoint, save_sparse_state_dict
+from .structured import load_structured, output_layers, prune_channels, shrink_to_state_dict
+from .workflow import check_pruning_flags, evaluate_dice, format_report_table, load_weights, run_pruning, run_structured_pruning
+from .unstructured import (
+    METHODS,
+    SCOPES,
+    StdThresholdPruning,
+    apply_pruning,
+    is_pruned,
+    make_permanent,
+    pruning_targets,
+    sparsity_report,
+)
+
+__all__ = [
+    "METHODS",
+    "SCOPES",
+    "StdThresholdPruning",
+    "apply_pruning",
+    "check_pruning_flags",
+    "evaluate_dice",
+    "format_report_table",
+    "is_pruned",
+    "load_sparse_state_dict",
+    "load_structured",
+    "load_weights",
+    "output_layers",
+    "prune_channels",
+    "make_permanent",
+    "pruning_targets",
+    "run_pruning",
+    "run_structured_pruning",
+    "save_checkpoint",
+    "save_sparse_state_dict",
+    "shrink_to_state_dict",
+    "sparsity_report",
+]
