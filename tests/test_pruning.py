@@ -18,7 +18,7 @@ from monai.networks.nets import UNet, BasicUNet
 
 from conftest import BUNDLE_ROOT, TINY_OVERRIDES
 from scripts.errors import InputError
-from scripts.networks import WPUNet
+from scripts.networks import PlainUNet, PocketUNet, SDUNet, WPUNet
 from scripts.pruning import (
     apply_pruning,
     check_pruning_flags,
@@ -58,6 +58,11 @@ def _generic_nets():
         "wpunet_3level": WPUNet(channels=(8, 8, 16, 16), strides=(2, 2, 1), dropout=0.0),
         "monai_unet": UNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8, 16), strides=(2, 2),
                            num_res_units=1, norm="batch"),
+        # the rest of the bundle's family (scripts/networks)
+        "sd_unet": SDUNet(channels=(8, 16, 32), strides=(2, 2), norm=("group", {"num_groups": 4}), head_channels=4),
+        "plain_unet": PlainUNet(channels=(8, 16, 32)),
+        "pocket_unet": PocketUNet(features=8, depth=2),
+        "pocket_unet_3d": PocketUNet(3, features=8, depth=2),
     }
 
 
@@ -65,7 +70,8 @@ def _selected_sparsity(net: nn.Module, scope: str) -> list[float]:
     return [float((getattr(m, n) == 0).float().mean()) for m, n in pruning_targets(net, scope)]
 
 
-@pytest.mark.parametrize("name", ["wpunet", "basic_unet", "monai_unet"])
+@pytest.mark.parametrize("name", ["wpunet", "basic_unet", "monai_unet", "sd_unet", "plain_unet", "pocket_unet",
+                                  "pocket_unet_3d"])
 @pytest.mark.parametrize("scope", ["kernels", "all_trainable"])
 def test_magnitude_reaches_target_sparsity_on_any_network(name, scope):
     for global_pruning in (True, False):
@@ -189,15 +195,16 @@ def test_channel_pruning_reports_networks_torch_pruning_cannot_trace():
         prune_channels(_generic_nets()["basic_unet"], torch.rand(1, 1, 32, 32), ratio=0.5)
 
 
-@pytest.mark.parametrize("name", ["wpunet", "wpunet_3level"])
+@pytest.mark.parametrize("name", ["wpunet", "wpunet_3level", "sd_unet", "plain_unet", "pocket_unet",
+                                  "pocket_unet_3d"])
 def test_channel_pruning_gives_a_smaller_net_with_the_same_output_shape(name, tmp_path):
     net = _randomise(_generic_nets()[name]).eval()
-    x = torch.rand(2, 1, 32, 32)
+    x = torch.rand(2, 1, 16, 16, 4) if name.endswith("_3d") else torch.rand(2, 1, 32, 32)
     before = sum(p.numel() for p in net.parameters())
     prune_channels(net, x[:1], ratio=0.5)
     after = sum(p.numel() for p in net.parameters())
     assert after < 0.45 * before, (after, before)
-    assert net(x).shape == (2, 3, 32, 32)
+    assert net(x).shape == (2, 3, *x.shape[2:])
     # saved as a plain state dict; a fresh network from the same constructor is resized to it
     save_checkpoint(net.state_dict(), tmp_path / "structured.pt")
     fresh = shrink_to_state_dict(_generic_nets()[name], torch.load(tmp_path / "structured.pt", weights_only=True)["model"])

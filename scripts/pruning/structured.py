@@ -66,7 +66,7 @@ def prune_channels(
         _prune_roots(network, graph, ratio, ignored, tp)
     except TypeError as err:  # torch-pruning 1.6.1 cannot infer some concat sizes (e.g. MONAI BasicUNet/UNet)
         raise ValueError(f"torch-pruning could not trace the channel dependencies of {type(network).__name__} "
-                         f"({err}); channel pruning is tested on WPUNet") from err
+                         f"({err}); channel pruning is tested on the bundle's own networks (scripts/networks)") from err
     network.train(was_training)
     return network
 
@@ -119,6 +119,10 @@ def shrink_to_state_dict(network: nn.Module, state_dict: dict) -> nn.Module:
             continue
         if isinstance(module, nn.modules.conv._ConvNd):
             new = _resized_conv(module, shape)
+        elif isinstance(module, nn.GroupNorm):  # channel pruning keeps the number of groups (torch-pruning 1.6.1)
+            if shape[0] % module.num_groups:
+                raise ValueError(f"{key}: {shape[0]} channels are not divisible by num_groups={module.num_groups}")
+            new = nn.GroupNorm(module.num_groups, shape[0], eps=module.eps, affine=module.affine)
         elif isinstance(module, _NORMS):
             new = type(module)(shape[0], eps=module.eps, momentum=module.momentum, affine=module.affine,
                                track_running_stats=module.track_running_stats)
