@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Demo on SYNTHETIC phantoms: make data, train WP-UNet briefly on the CPU (or GPU), evaluate on held-out
-# phantoms, run inference, and write everything under demo_output/ (weights: models/model.pt).
+# phantoms, prune 50 % of the kernels and fine-tune, evaluate the pruned weights, run inference, and write
+# everything under demo_output/ (weights: models/model.pt, models/model_pruned.pt).
 # Extra arguments go to scripts/demo.py, e.g. `bash demo.sh --epochs 5`.
 set -euo pipefail
 cd "$(dirname "$0")"
