@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["publish", "atomic_write_text"]
+__all__ = ["publish", "atomic_write", "atomic_write_text"]
 
 
 def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -34,6 +34,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path`` (folder created if needed), then rename it onto
+    ``path``; on any error the temporary file is removed and the error re-raised. ``suffix`` is the temporary file's
+    extension, for writers that choose the format by it (e.g. ``.nii.gz``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
         publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import os
-import time
 from pathlib import Path
 
 import torch

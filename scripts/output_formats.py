@@ -15,14 +15,13 @@ Both are written to a temporary file in the destination folder and renamed (:mod
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import publish
+from .atomic import atomic_write
 from .errors import InputError
 
 __all__ = ["OUTPUT_FORMATS", "OUTPUT_SUFFIXES", "SegmentStyle", "segment_style", "check_output_format",
@@ -74,19 +73,12 @@ def check_output_format(output_format: str, datalist: Sequence[Mapping[str, str]
     return output_format
 
 
-def _write_atomically(target: Path, write) -> None:
-    """Run ``write(tmp_path)`` on a temporary file beside ``target``, then rename it onto ``target``."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+def write_output_atomically(target: Path, write, suffix: str = ".tmp") -> None:
+    """``scripts.atomic.atomic_write`` for a segmentation output: an ``OSError`` becomes an ``InputError`` naming it."""
     try:
-        write(tmp)
-        publish(tmp, target)
+        atomic_write(target, write, suffix)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise InputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _extent(mask: np.ndarray) -> str:
@@ -132,7 +124,7 @@ def write_seg_nrrd(label: np.ndarray, affine_ras: np.ndarray, target: str | os.P
             f"Segment{index}_Extent": _extent(label == value),
         })
     data = np.ascontiguousarray(label.astype(np.uint8))
-    _write_atomically(target, lambda tmp: nrrd.write(tmp, data, header, index_order="F"))
+    write_output_atomically(target, lambda tmp: nrrd.write(tmp, data, header, index_order="F"))
     return target
 
 
@@ -237,5 +229,5 @@ def write_dicom_seg(label: np.ndarray, affine_ras: np.ndarray, source_folder: st
         content_description="Automatic kidney/tumour segmentation; research use only",
         omit_empty_frames=False,
     )
-    _write_atomically(target, lambda tmp: seg.save_as(tmp))
+    write_output_atomically(target, lambda tmp: seg.save_as(tmp))
     return target

@@ -10,14 +10,13 @@ affines, only for the slices shown, so the cost is a few hundred thousand voxels
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .atomic import publish
+from .atomic import atomic_write
 from .output_formats import segment_style
 
 __all__ = ["render_preview", "save_preview"]
@@ -117,12 +116,5 @@ def save_preview(path: str | os.PathLike, *args, **kwargs) -> Path:
     """Render with :func:`render_preview` and write the PNG atomically to ``path``."""
     path = Path(path)
     sheet = render_preview(*args, **kwargs)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        sheet.save(tmp, format="PNG")
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"), suffix=".png")
     return path

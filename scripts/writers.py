@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
@@ -24,10 +22,16 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from .atomic import atomic_write_text, publish
+from .atomic import atomic_write_text
 from .errors import InputError
 from .inputs import case_name
-from .output_formats import OUTPUT_SUFFIXES, check_output_format, write_dicom_seg, write_seg_nrrd
+from .output_formats import (
+    OUTPUT_SUFFIXES,
+    check_output_format,
+    write_dicom_seg,
+    write_output_atomically,
+    write_seg_nrrd,
+)
 
 __all__ = ["SaveSegmentationd", "label_volumes_ml"]
 
@@ -121,17 +125,7 @@ class SaveSegmentationd(MapTransform):
 
     def _write_nifti(self, label: np.ndarray, affine: np.ndarray, target: Path, source: str) -> None:
         image = self._nifti_like_source(label, affine, source)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".nii.gz")
-        os.close(fd)
-        try:
-            nib.save(image, tmp)
-            publish(tmp, target)
-        except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
-            raise InputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_output_atomically(target, lambda tmp: nib.save(image, tmp), suffix=".nii.gz")
 
     @staticmethod
     def _nifti_like_source(label: np.ndarray, affine: np.ndarray, source: str) -> nib.Nifti1Image:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..atomic import publish
+from ..atomic import atomic_write
 
 __all__ = ["save_checkpoint", "save_sparse_state_dict", "load_sparse_state_dict"]
 
@@ -27,22 +25,9 @@ _MEMBER = "sparse_state_dict.pt"
 _INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _atomic_bytes(path: str | os.PathLike, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(state_dict: dict, path: str | os.PathLike) -> None:
     """Write ``{"model": state_dict}`` atomically (the layout ``CheckpointLoader`` in the configs reads)."""
-    _atomic_bytes(path, lambda tmp: torch.save({"model": state_dict}, tmp))
+    atomic_write(path, lambda tmp: torch.save({"model": state_dict}, tmp))
 
 
 def _encode(tensor: torch.Tensor) -> dict:
@@ -75,7 +60,7 @@ def save_sparse_state_dict(state_dict: dict, path: str | os.PathLike) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
             archive.writestr(_MEMBER, buffer.getvalue())
 
-    _atomic_bytes(path, write)
+    atomic_write(path, write)
 
 
 def load_sparse_state_dict(path: str | os.PathLike) -> dict:
