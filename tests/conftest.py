@@ -21,6 +21,20 @@ torch.set_num_threads(1)
 TINY_OVERRIDES = {"network_def#channels": [4, 8, 16], "network_def#strides": [2, 2], "slice_size": [64, 64]}
 
 
+def run_bundle(run_id: str, config_files, tiny: bool = True, **overrides):
+    """``python -m monai.bundle run <run_id>`` in a subprocess from the bundle root (``TINY_OVERRIDES`` first when
+    ``tiny``); returns the ``CompletedProcess`` with text output."""
+    import json
+    import subprocess
+
+    args = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(config_files),
+            "--bundle_root", str(BUNDLE_ROOT)]
+    for key, value in {**(TINY_OVERRIDES if tiny else {}), **overrides}.items():
+        args += [f"--{key}", value if isinstance(value, str) else repr(value) if isinstance(value, bool)
+                 else json.dumps(value)]
+    return subprocess.run(args, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=600)
+
+
 def shared_path(*parts: str) -> Path:
     """Path under ../shared/data; skips the calling test (with the reason) when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

@@ -3,9 +3,6 @@ passes the zoo's ``verify_net_in_out``, and names its own weights file; non-defa
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -13,7 +10,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, verify_net_in_out
 
-from conftest import BUNDLE_ROOT
+from conftest import BUNDLE_ROOT, run_bundle
 
 CONFIGS = BUNDLE_ROOT / "configs"
 TRAIN, EVALUATE, INFERENCE = (str(CONFIGS / f) for f in ("train.json", "evaluate.json", "inference.json"))
@@ -85,13 +82,6 @@ def test_verify_net_in_out(name):
                       n=1, any=1, **overrides)
 
 
-def _run(run_id: str, files: list[str], **overrides) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(files), "--bundle_root",
-            str(BUNDLE_ROOT)]
-    for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else repr(value) if isinstance(value, bool)
-                 else json.dumps(value)]
-    return subprocess.run(args, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -100,7 +90,7 @@ def test_train_and_infer_through_the_same_workflows(name, phantom_dir, tmp_path)
     """One short training run and whole-volume inference with a non-default network, selected by one overlay."""
     tiny = {**NETWORKS[name][1], "slice_size": [64, 64]}
     ckpt = tmp_path / "models"
-    result = _run("training", [TRAIN, _overlay(name)], dataset_dir=str(phantom_dir), num_folds=2, epochs=1,
+    result = run_bundle("training", [TRAIN, _overlay(name)], tiny=False, dataset_dir=str(phantom_dir), num_folds=2, epochs=1,
                   ckpt_dir=str(ckpt), output_dir=str(tmp_path / "train"), num_workers=0, progress_bar=False,
                   batch_size=1, **tiny)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -112,7 +102,7 @@ def test_train_and_infer_through_the_same_workflows(name, phantom_dir, tmp_path)
     assert state["head.weight" if "head.weight" in state else "decoder.head.2.weight"].dim() == expected_dims
 
     out = tmp_path / "inference"
-    result = _run("inferring", [INFERENCE, _overlay(name)], input_path=str(phantom_dir), output_dir=str(out),
+    result = run_bundle("inferring", [INFERENCE, _overlay(name)], tiny=False, input_path=str(phantom_dir), output_dir=str(out),
                   ckpt_dir=str(ckpt), model_path=str(weights), **tiny)
     assert result.returncode == 0, result.stderr[-3000:]
     for case in sorted(phantom_dir.glob("case_*")):

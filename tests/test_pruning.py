@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from monai.networks.nets import UNet, BasicUNet
 
-from conftest import BUNDLE_ROOT, TINY_OVERRIDES
+from conftest import BUNDLE_ROOT, TINY_OVERRIDES, run_bundle
 from scripts.errors import InputError
 from scripts.networks import PlainUNet, PocketUNet, SDUNet, WPUNet
 from scripts.pruning import (
@@ -211,13 +211,6 @@ def test_channel_pruning_gives_a_smaller_net_with_the_same_output_shape(name, tm
     torch.testing.assert_close(fresh.eval()(x), net(x))
 
 
-def _bundle(run_id, config_files, **overrides):
-    args = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(config_files),
-            "--bundle_root", str(BUNDLE_ROOT)]
-    for key, value in {**TINY_OVERRIDES, **overrides}.items():
-        args += [f"--{key}", value if isinstance(value, str) else repr(value) if isinstance(value, bool)
-                 else json.dumps(value)]
-    return subprocess.run(args, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=600)
 
 
 def _check_segmentations(out, phantom_dir, cases):
@@ -234,7 +227,7 @@ def test_bad_pruning_flags_are_input_errors(flag, value):
 
 
 def test_bad_pruning_flag_on_the_command_line_gives_one_line(phantom_dir, tmp_path):
-    result = _bundle("pruning", [TRAIN, PRUNE], dataset_dir=str(phantom_dir), ckpt_dir=str(tmp_path),
+    result = run_bundle("pruning", [TRAIN, PRUNE], dataset_dir=str(phantom_dir), ckpt_dir=str(tmp_path),
                      model_path=str(BUNDLE_ROOT / "configs" / "train.json"), sparsity=1.5)
     assert result.returncode == 2 and "--sparsity" in result.stderr and "Traceback" not in result.stderr, result.stderr
 
@@ -246,7 +239,7 @@ def test_pruning_workflow_end_to_end(phantom_dir, tiny_weights, tmp_path):
     ckpt.mkdir()
     shutil.copy(tiny_weights, ckpt / "model.pt")
     common = {"dataset_dir": str(phantom_dir), "num_folds": 2, "ckpt_dir": str(ckpt), "num_workers": 0}
-    result = _bundle("pruning", [TRAIN, PRUNE], sparsity=0.6, finetune_epochs=1, progress_bar=False,
+    result = run_bundle("pruning", [TRAIN, PRUNE], sparsity=0.6, finetune_epochs=1, progress_bar=False,
                      output_dir=str(tmp_path / "prune"), **common)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "prune" / "pruning_report.json").read_text())
@@ -265,12 +258,12 @@ def test_pruning_workflow_end_to_end(phantom_dir, tiny_weights, tmp_path):
                        torch.load(tiny_weights, weights_only=True)["model"]["decoder.head.weight"])  # input untouched
 
     out = tmp_path / "inference"
-    result = _bundle("inferring", INFERENCE, input_path=str(phantom_dir), output_dir=str(out),
+    result = run_bundle("inferring", INFERENCE, input_path=str(phantom_dir), output_dir=str(out),
                      model_path=str(ckpt / "model_pruned.pt"))
     assert result.returncode == 0, result.stderr[-3000:]
     _check_segmentations(out, phantom_dir, [c.name for c in sorted(phantom_dir.glob("case_*"))])
 
-    result = _bundle("evaluating", [TRAIN, EVALUATE], model_name="model_pruned", output_dir=str(tmp_path / "eval"),
+    result = run_bundle("evaluating", [TRAIN, EVALUATE], model_name="model_pruned", output_dir=str(tmp_path / "eval"),
                      **common)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "eval" / "metrics_summary.json").is_file()
@@ -297,7 +290,7 @@ def test_structured_pruning_workflow_and_inference(phantom_dir, tiny_weights, tm
     ckpt = tmp_path / "models"
     ckpt.mkdir()
     shutil.copy(tiny_weights, ckpt / "model.pt")
-    result = _bundle("pruning_structured", [TRAIN, PRUNE], channel_ratio=0.5, finetune_epochs=1, progress_bar=False,
+    result = run_bundle("pruning_structured", [TRAIN, PRUNE], channel_ratio=0.5, finetune_epochs=1, progress_bar=False,
                      dataset_dir=str(phantom_dir), num_folds=2, ckpt_dir=str(ckpt), num_workers=0,
                      output_dir=str(tmp_path / "prune"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -305,7 +298,7 @@ def test_structured_pruning_workflow_and_inference(phantom_dir, tiny_weights, tm
     assert report["total_params"] < 0.5 * report["params_before"]["total_params"]
     assert set(report["dice"]) == {"before_pruning", "after_pruning", "after_finetuning"}
     out = tmp_path / "inference"
-    result = _bundle("inferring", [INFERENCE, STRUCTURED], input_path=str(phantom_dir / "case_00001"),
+    result = run_bundle("inferring", [INFERENCE, STRUCTURED], input_path=str(phantom_dir / "case_00001"),
                      output_dir=str(out), model_path=str(ckpt / "model_structured.pt"))
     assert result.returncode == 0, result.stderr[-3000:]
     _check_segmentations(out, phantom_dir, ["case_00001"])

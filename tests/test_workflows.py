@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
 
-from conftest import BUNDLE_ROOT, TINY_OVERRIDES
+from conftest import BUNDLE_ROOT, TINY_OVERRIDES, run_bundle
 
 CONFIGS = BUNDLE_ROOT / "configs"
 TRAIN = str(CONFIGS / "train.json")
@@ -116,13 +116,6 @@ def test_zoo_properties(config_file, workflow_type, run_id, phantom_dir, tiny_we
     assert parser.get(run_id) in ("%run", "@run", parser.get("run"))
 
 
-def _run_bundle(run_id: str, config_files: list[str], **overrides) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(config_files),
-            "--bundle_root", str(BUNDLE_ROOT)]
-    for key, value in {**TINY_OVERRIDES, **overrides}.items():
-        args += [f"--{key}", value if isinstance(value, str) else repr(value) if isinstance(value, bool)
-                 else json.dumps(value)]
-    return subprocess.run(args, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -131,14 +124,14 @@ def test_train_evaluate_infer_end_to_end(phantom_dir, tmp_path):
     ckpt = tmp_path / "models"
     common = {"dataset_dir": str(phantom_dir), "num_folds": 2, "ckpt_dir": str(ckpt), "num_workers": 0}
     # val_interval 5 > epochs: model.pt must still come from this run (validation after the last epoch)
-    result = _run_bundle("training", [TRAIN], epochs=2, val_interval=5, progress_bar=False,
+    result = run_bundle("training", [TRAIN], epochs=2, val_interval=5, progress_bar=False,
                          output_dir=str(tmp_path / "train"), **common)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (ckpt / "model.pt").is_file() and (ckpt / "last_checkpoint_2.pt").is_file()
     assert "Epoch[2] Metrics" in result.stdout + result.stderr
     assert any((tmp_path / "train" / "tensorboard").iterdir())
 
-    result = _run_bundle("evaluating", EVALUATE, output_dir=str(tmp_path / "eval"), **common)
+    result = run_bundle("evaluating", EVALUATE, output_dir=str(tmp_path / "eval"), **common)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = (tmp_path / "eval" / "metrics_per_case.csv").read_text().splitlines()
     assert rows[0].startswith("case,") and "kidney_dice" in rows[0] and "tumour_hd95_mm" in rows[0]
