@@ -1,0 +1,273 @@
+"""Partitioned inference (issue 5 part B): TorchScript partitions, one process across devices, and a pipeline of
+2-3 CPU processes on 127.0.0.1 (gloo) that must give the monolithic network's logits and segmentation."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import BUNDLE_ROOT, TINY_OVERRIDES
+from scripts.errors import InputError
+from scripts.networks import WPUNet
+from scripts.partitioning import (ChainedPartitions, PipelineDriver, StageServer, boundary_table, export_partitions,
+                                  load_partition, partition_path, place_submodels, read_partition_meta,
+                                  resolve_devices, split_network)
+from scripts.partitioning.p2p import DATA, STOP, decode_header, encode_header
+from scripts.partitioning.torchscript_io import partitions_up_to_date
+
+SHAPE = (1, 1, 32, 32)
+
+
+def _tiny_network(seed: int = 0) -> WPUNet:
+    torch.manual_seed(seed)
+    return WPUNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8, 16), strides=(2, 2)).eval()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_resolve_devices_validates_strings():
+    assert resolve_devices(["cpu", "cpu"]) == [torch.device("cpu")] * 2
+    if not torch.cuda.is_available():
+        assert resolve_devices(None) == [torch.device("cpu")]
+    for bad, reason in [("cuda:99", "not available"), ("tpu", "not a device"), ("meta", "only 'cpu'"),
+                        ([], "empty")]:
+        with pytest.raises(InputError, match=reason):
+            resolve_devices(bad)
+
+
+def test_place_submodels_round_robin():
+    subs = [torch.nn.Linear(2, 2) for _ in range(5)]
+    placed = place_submodels(subs, [torch.device("cpu"), torch.device("cpu")])
+    assert all(next(s.parameters()).device.type == "cpu" for s in placed) and len(placed) == 5
+
+
+def test_header_roundtrip_and_limits():
+    tensors = [torch.zeros(3, 4, 8, 8), torch.zeros(2, dtype=torch.float16), torch.zeros(1, 2, 3, 4, 5)]
+    kind, seq, stage, specs = decode_header(encode_header(DATA, 41, 2, tensors))
+    assert (kind, seq, stage) == (DATA, 41, 2)
+    assert specs == [(t.dtype, tuple(t.shape)) for t in tensors]
+    assert decode_header(encode_header(STOP, 0, 0))[3] == []
+    with pytest.raises(ValueError, match="at most 16 tensors"):
+        encode_header(DATA, 0, 0, [torch.zeros(1)] * 17)
+
+
+@pytest.mark.parametrize("num_partitions", [1, 2, 3])
+def test_torchscript_partitions_equal_monolithic(tmp_path, num_partitions):
+    net = _tiny_network()
+    subs = split_network(net, num_partitions, example_shape=SHAPE)
+    paths = export_partitions(subs, tmp_path, "model", SHAPE, fingerprint="abc")
+    assert [p.name for p in paths] == [f"model_part{k + 1}of{num_partitions}.ts" for k in range(num_partitions)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)  # no temporary files left
+    stages, metas = zip(*(load_partition(p) for p in paths))
+    for k, (meta, sub) in enumerate(zip(metas, subs)):
+        assert (meta["index"], meta["count"]) == (k, num_partitions)
+        assert meta["input_names"] == sub.input_names and meta["output_names"] == sub.output_names
+    x = torch.rand(5, 1, 32, 32)  # another batch size than the export example
+    with torch.no_grad():
+        expected = net(x)
+        chained = ChainedPartitions(place_submodels(list(stages), resolve_devices(["cpu", "cpu"])))(x)
+    torch.testing.assert_close(chained, expected, rtol=0, atol=1e-5)
+    assert partitions_up_to_date(tmp_path, "model", num_partitions, "abc")
+    assert not partitions_up_to_date(tmp_path, "model", num_partitions, "other weights")
+    assert not partitions_up_to_date(tmp_path, "model", num_partitions + 1, "abc")
+
+
+def test_unreadable_partition_names_the_file(tmp_path):
+    bad = tmp_path / "model_part1of2.ts"
+    bad.write_text("not a model")
+    with pytest.raises(InputError, match="model_part1of2.ts: not a readable TorchScript partition"):
+        read_partition_meta(bad)
+
+
+# --- a pipeline of processes (torch.multiprocessing, gloo on 127.0.0.1) -------------------------------------------
+
+def _pipeline_worker(rank, world, port, parts_dir, out_file, batches, micro_batch_size, fail_stage):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
+    try:
+        stage, meta = load_partition(partition_path(parts_dir, "model", rank, world))
+        if rank == fail_stage:
+            def broken(*tensors):
+                raise RuntimeError("simulated stage failure")
+            stage.forward = broken
+        if rank > 0:
+            StageServer(stage, meta).serve()
+            return
+        driver = PipelineDriver(stage, meta, micro_batch_size=micro_batch_size)
+        outputs, error = [], None
+        try:
+            with torch.no_grad():
+                outputs = [driver(x) for x in batches]
+        except RuntimeError as exc:
+            error = str(exc)
+        stats = driver.stop()
+        torch.save({"outputs": outputs, "stats": stats, "error": error}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_pipeline(tmp_path, world, batches, micro_batch_size=2, fail_stage=-1):
+    net = _tiny_network()
+    subs = split_network(net, world, example_shape=SHAPE)
+    export_partitions(subs, tmp_path / "parts", "model", SHAPE)
+    out_file = tmp_path / "result.pt"
+    mp.spawn(_pipeline_worker, nprocs=world, join=True,
+             args=(world, _free_port(), str(tmp_path / "parts"), str(out_file), batches, micro_batch_size,
+                   fail_stage))
+    return net, subs, torch.load(out_file, weights_only=False)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_process_pipeline_equals_monolithic_and_sends_the_boundary(tmp_path, world):
+    torch.manual_seed(1)
+    batches = [torch.rand(7, 1, 32, 32), torch.rand(3, 1, 32, 32)]  # 7 = 2 + 2 + 2 + 1: uneven micro-batches
+    net, subs, result = _run_pipeline(tmp_path, world, batches, micro_batch_size=2)
+    assert result["error"] is None
+    with torch.no_grad():
+        for x, got in zip(batches, result["outputs"]):
+            torch.testing.assert_close(got, net(x), rtol=0, atol=1e-5)
+    stats = result["stats"]
+    assert [s["stage"] for s in stats] == list(range(world)) and [s["rank"] for s in stats] == list(range(world))
+    assert all(s["micro_batches"] == 4 + 2 for s in stats)
+    # what each stage sent is what boundary_table lists for micro-batches of 2 and of 1 slice
+    for s, sub in zip(stats, subs):
+        expected = {}
+        for mb, count in [(2, 3 + 1), (1, 1 + 1)]:
+            row = boundary_table(subs, (mb, 1, 32, 32))[sub_index(subs, sub)]
+            expected[repr((tuple(row["boundary"]), row["boundary_shapes"]))] = count
+            assert row["boundary"] == sub.output_names
+        assert s["sent"] == expected
+        row1 = boundary_table(subs, (1, 1, 32, 32))[sub_index(subs, sub)]
+        assert s["bytes_sent"] == row1["boundary_bytes"] * (7 + 3)
+
+
+def sub_index(subs, sub) -> int:
+    return next(i for i, s in enumerate(subs) if s is sub)
+
+
+def test_failing_stage_is_reported_and_every_rank_exits(tmp_path):
+    start = time.monotonic()
+    _, _, result = _run_pipeline(tmp_path, 3, [torch.rand(5, 1, 32, 32)], micro_batch_size=2, fail_stage=1)
+    assert "stage 1 on rank 1: RuntimeError: simulated stage failure" in result["error"]
+    assert [s["micro_batches"] for s in result["stats"]] == [3, 0, 0]
+    assert time.monotonic() - start < 60
+
+
+def _silent_peer_worker(rank, world, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=3))
+    if rank == 1:
+        stage = torch.jit.script(torch.nn.Identity())
+        try:
+            StageServer(stage, {"index": 1, "output_names": ["logits"]}).serve()
+        except RuntimeError:  # rank 0 never sends: the wait ends after the timeout instead of hanging
+            sys.exit(3)
+    else:
+        time.sleep(8)
+
+
+def test_serving_rank_does_not_wait_forever():
+    start = time.monotonic()
+    with pytest.raises(mp.ProcessExitedException) as info:
+        mp.spawn(_silent_peer_worker, nprocs=2, join=True, args=(2, _free_port()))
+    assert info.value.exit_code == 3 and time.monotonic() - start < 60
+
+
+# --- the whole workflow under torchrun -----------------------------------------------------------------------------
+
+CONFIGS = str([str(BUNDLE_ROOT / "configs" / "inference.json"),
+               str(BUNDLE_ROOT / "configs" / "inference_partitioned.json")])
+
+
+@pytest.fixture(scope="module")
+def contrast_weights(tmp_path_factory, phantom_dir):
+    """Tiny random WP-UNet whose head bias is shifted so that its argmax is not one class everywhere on the phantom
+    slices: an all-background segmentation would make "identical labels" a weak check."""
+    import nibabel as nib
+
+    image = nib.load(str(sorted(phantom_dir.glob("case_*/imaging.nii.gz"))[0])).get_fdata()
+    slices = torch.as_tensor(image, dtype=torch.float32)
+    slices = ((slices.clamp(-79, 304) + 79) / 383).reshape(1, 1, *slices.shape)
+    slices = torch.nn.functional.interpolate(slices, size=(64, 64, slices.shape[-1]), mode="trilinear")
+    slices = slices[0, 0].permute(2, 0, 1)[:, None]
+    net = _tiny_network(seed=2)
+    with torch.no_grad():
+        logits = net(slices)
+        net.decoder.head.bias -= logits.transpose(0, 1).reshape(3, -1).quantile(0.7, dim=1)
+    path = tmp_path_factory.mktemp("contrast") / "model.pt"
+    torch.save({"model": net.state_dict()}, path)
+    return path
+
+
+def _bundle_args(weights, input_path, output_dir):
+    args = ["--bundle_root", str(BUNDLE_ROOT), "--model_path", str(weights), "--input_path", str(input_path),
+            "--output_dir", str(output_dir), "--preview", "False"]
+    for key, value in TINY_OVERRIDES.items():
+        args += [f"--{key}", json.dumps(value)]
+    return args
+
+
+def _torchrun(nproc, extra, timeout=120):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+           str(_free_port()), "-m", "monai.bundle", "run", "inferring", "--config_file", CONFIGS, *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(cmd, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_torchrun_three_processes_write_the_monolithic_segmentation(phantom_dir, contrast_weights, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    case = sorted(phantom_dir.glob("case_*"))[0]
+    mono = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file",
+         str(BUNDLE_ROOT / "configs" / "inference.json"),
+         *_bundle_args(contrast_weights, case, tmp_path / "mono")],
+        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert mono.returncode == 0, mono.stderr[-3000:]
+    parts = tmp_path / "parts"
+    result = _torchrun(3, [*_bundle_args(contrast_weights, case, tmp_path / "dist"),
+                           "--partitions_dir", str(parts), "--micro_batch_size", "3"])
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    expected = np.asarray(nib.load(str(tmp_path / "mono" / f"{case.name}.nii.gz")).dataobj)
+    written = nib.load(str(tmp_path / "dist" / f"{case.name}.nii.gz"))
+    assert len(np.unique(expected)) > 1, "the check needs a segmentation with more than one label"
+    np.testing.assert_array_equal(np.asarray(written.dataobj), expected)
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == sorted(p.name for p in (tmp_path / "mono").iterdir())
+    assert sorted(p.name for p in parts.iterdir()) == [f"model_part{k}of3.ts" for k in (1, 2, 3)]
+    assert log.count("wrote ") == 1  # rank 0 alone writes
+    for stage in range(3):
+        assert f"pipeline stage {stage} (rank {stage})" in log
+
+
+def test_torchrun_bad_input_stops_every_rank(tmp_path, tiny_weights):
+    start = time.monotonic()
+    result = _torchrun(2, _bundle_args(tiny_weights, tmp_path / "missing.nii.gz", tmp_path / "out")
+                       + ["--partitions_dir", str(tmp_path / "parts")])
+    assert result.returncode != 0
+    assert "missing.nii.gz: input path does not exist" in result.stderr
+    assert time.monotonic() - start < 90
+    assert not (tmp_path / "out").exists()
+
+
+def test_overlay_keeps_every_check_of_inference_json():
+    base = json.loads((BUNDLE_ROOT / "configs" / "inference.json").read_text())["initialize"]
+    overlay = json.loads((BUNDLE_ROOT / "configs" / "inference_partitioned.json").read_text())["initialize"]
+    for expression in base:
+        assert any(expression[1:] in item for item in overlay), f"{expression} missing from the overlay"
