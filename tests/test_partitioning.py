@@ -302,3 +302,34 @@ def test_table2_is_reproduced_exactly_as_a_prefix_table():
     assert rows[-1]["params"] == 31_030_723 and rows[-1]["macs"] == 48_100_278_272  # 2 x MACs = Table 1's FLOPs
     # nested prefixes: non-decreasing, each containing the previous one
     assert all(a["params"] <= b["params"] and a["keras_index"] < b["keras_index"] for a, b in zip(rows, rows[1:]))
+
+
+@pytest.mark.parametrize("name", ["wp_unet", "sd_unet", "classic_unet", "pocket_unet_3d"])
+def test_unet_pwp_prunes_each_submodel_by_its_own_tensors_std(name):
+    from scripts.partitioning import prune_submodels
+    from scripts.pruning import apply_pruning, make_permanent
+
+    net, x = _built(name)
+    dense = {n: p.detach().clone() for n, p in net.named_parameters()}
+    reference = copy.deepcopy(net)  # the monolithic network std-pruned the usual way
+    apply_pruning(reference, method="std", std_ratio=0.67)
+    make_permanent(reference)
+    submodels = split_network(net, 3, example_shape=tuple(x.shape))
+    reports = prune_submodels(submodels, std_ratio=0.67)
+    assert len(reports) == len(submodels) and all(0.3 < r["sparsity"] < 0.7 for r in reports if r["total_params"])
+    checked = 0
+    for sub in submodels:
+        for module in sub.modules():
+            if isinstance(module, nn.modules.conv._ConvNd):
+                name_of = next(n for n, p in net.named_parameters() if p is module.weight)
+                before = dense[name_of]
+                keep = before.abs() >= 0.67 * before.std(unbiased=False)
+                assert torch.equal(module.weight[keep], before[keep])  # kept: unchanged
+                assert not module.weight[~keep].any()  # below the threshold: zero
+                assert module.bias is None or torch.equal(module.bias, dense[name_of[:-len("weight")] + "bias"])
+                checked += 1
+    assert checked == sum(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(run_chain(submodels, x), reference(x), rtol=0, atol=1e-6)
+        scripted = [torch.jit.script(sub) for sub in submodels]
+        torch.testing.assert_close(run_chain(scripted, x), reference(x), rtol=0, atol=1e-6)
