@@ -1,5 +1,6 @@
 """UNet-P partitioning (paper 002): layer lists with explicit skips, Algorithm I, sub-models that chain to the
-monolithic output, boundary tensors, TorchScript, and the exact reproduction of Table 2 as a prefix table.
+monolithic output, boundary tensors, TorchScript, UNet-PWP pruning per sub-model, the report workflow, and the exact
+reproduction of Table 2 as a prefix table.
 
 Tiny networks (channels (4, 8, 16), 32x32 inputs, a small 3D volume) keep every case well under a second; the
 classic full-size U-Net is built once for the Table 2 check.
@@ -8,6 +9,7 @@ classic full-size U-Net is built once for the Table 2 check.
 from __future__ import annotations
 
 import copy
+import csv
 import io
 import pickle
 import random
@@ -15,8 +17,10 @@ import random
 import pytest
 import torch
 import torch.nn as nn
+from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 
+from conftest import BUNDLE_ROOT
 from scripts.networks import PlainUNet, PocketUNet, SDUNet, SeparableUNet, WPUNet, count_macs, count_parameters
 from scripts.partitioning import (
     Layer,
@@ -26,12 +30,15 @@ from scripts.partitioning import (
     layer_list,
     live_activations,
     partition_points,
+    prune_submodels,
     run_chain,
     run_layers,
     split_layers,
     split_network,
 )
+from scripts.partition_report import BEGIN, END, PARTITION_COLUMNS, TABLE2_COLUMNS, write_report
 from scripts.partitioning.prefix_table import TABLE2_PREFIX_ENDS, prefix_table
+from scripts.pruning import apply_pruning, make_permanent
 
 GN4 = ("group", {"num_groups": 4})
 
@@ -174,13 +181,16 @@ def _check_partition(complexities, k, ranges):
     assert all(a < b for a, b in ranges) and all(ranges[i][1] == ranges[i + 1][0] for i in range(len(ranges) - 1))
     assert 1 <= len(ranges) <= k
     for start, end in ranges[:-1]:  # the budget: <= target, unless a single layer alone exceeds it
-        assert sum(complexities[start:end]) <= target * (1 + 1e-12) or end - start == 1
+        part = complexities[start:end]
+        assert sum(part) <= target * (1 + 1e-12) or sum(c > 0 for c in part) == 1
+        assert part[0] > 0 or start == 0  # no sub-model starts with a zero-complexity layer (cut only before work)
 
 
 def test_algorithm_one_respects_budget_and_order():
     assert partition_points([1, 1, 1, 1], 2) == [(0, 2), (2, 4)]
     assert partition_points([1, 1, 1, 1], 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
     assert partition_points([5, 1, 1, 1], 2) == [(0, 1), (1, 4)]  # the oversized layer stands alone
+    assert partition_points([1, 9, 0, 9, 0, 1], 3) == [(0, 1), (1, 3), (3, 6)]  # zero-cost layers stay attached
     assert partition_points([3, 3, 4], 2) == [(0, 1), (1, 3)]  # at most 2: the last takes the rest
     assert partition_points([0, 0, 0], 3) == [(0, 3)]
     assert partition_points([7], 1) == [(0, 1)]
@@ -306,9 +316,6 @@ def test_table2_is_reproduced_exactly_as_a_prefix_table():
 
 @pytest.mark.parametrize("name", ["wp_unet", "sd_unet", "classic_unet", "pocket_unet_3d"])
 def test_unet_pwp_prunes_each_submodel_by_its_own_tensors_std(name):
-    from scripts.partitioning import prune_submodels
-    from scripts.pruning import apply_pruning, make_permanent
-
     net, x = _built(name)
     dense = {n: p.detach().clone() for n, p in net.named_parameters()}
     reference = copy.deepcopy(net)  # the monolithic network std-pruned the usual way
@@ -333,3 +340,46 @@ def test_unet_pwp_prunes_each_submodel_by_its_own_tensors_std(name):
         torch.testing.assert_close(run_chain(submodels, x), reference(x), rtol=0, atol=1e-6)
         scripted = [torch.jit.script(sub) for sub in submodels]
         torch.testing.assert_close(run_chain(scripted, x), reference(x), rtol=0, atol=1e-6)
+
+
+def _partition_config():
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "partition.json"))
+    return parser
+
+
+def test_partition_config_quotes_the_paper_and_builds_its_networks():
+    parser = _partition_config()
+    assert [tuple(row) for row in parser.get_parsed_content("table2_paper#rows")] == PAPER_TABLE2
+    networks = parser.get_parsed_content("networks")
+    assert [type(e["network_def"]) for e in networks] == [WPUNet, PlainUNet]
+    assert networks[1]["network_def"] is parser.get_parsed_content("classic_unet")
+    assert parser.get_parsed_content("partition_counts") == [2, 3, 4]
+
+
+def test_report_writes_tables_and_keeps_the_prose(tmp_path):
+    (tmp_path / "partitioning.md").write_text(f"# prose kept\n\n{BEGIN}\nold table\n{END}\n\ntrailing prose\n")
+    tiny_classic = PlainUNet(channels=(2, 4, 8, 16, 32))  # same layer names as the paper's, other numbers
+    networks = [{"network": "tiny WP", "network_def": WPUNet(channels=(4, 8, 16), strides=(2, 2))}]
+    result = write_report(networks, tiny_classic, PAPER_TABLE2, str(tmp_path), (2, 3), ("macs",), (1, 1, 32, 32))
+    text = (tmp_path / "partitioning.md").read_text()
+    assert text.startswith("# prose kept") and "trailing prose" in text and "old table" not in text
+    assert text.count(BEGIN) == 1 and "tiny WP, by MACs, max_partitions = 3" in text
+    with open(tmp_path / "partitioning.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == PARTITION_COLUMNS and len(rows) == len(result["partitions"])
+    for k in (2, 3):
+        group = [r for r in rows if r["max_partitions"] == str(k)]
+        assert sum(int(r["params"]) for r in group) == count_parameters(networks[0]["network_def"])["trainable"]
+        assert group[-1]["boundary"] == "logits" and group[-1]["boundary_bytes"] == str(4 * 3 * 32 * 32)
+    with open(tmp_path / "unet_p_table2.csv") as f:
+        table2 = list(csv.DictReader(f))
+    assert list(table2[0]) == TABLE2_COLUMNS and len(table2) == 17
+    assert all(r["match"] == "False" for r in table2)  # a different network does not "match" the paper
+
+
+def test_committed_table2_csv_holds_the_papers_numbers():
+    with open(BUNDLE_ROOT / "docs" / "unet_p_table2.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(f"{int(r['params']):g}", int(r["paper_flops"])) for r in rows] == PAPER_TABLE2
+    assert [r["end_layer"] for r in rows] == list(TABLE2_PREFIX_ENDS) and all(r["match"] == "True" for r in rows)

@@ -14,8 +14,12 @@ defects, fixed here (``docs/partitioning.md``):
 3. its final index is "the index of the last layer" with an exclusive end, which drops the last layer: here the last
    sub-model ends after the last layer, and a cut never makes an empty sub-model.
 
+One more rule keeps sub-models meaningful: a cut is made only before a layer of nonzero complexity. (The running sum
+can only exceed the target at a zero-complexity layer - pooling, concatenation - when one layer alone already
+exceeded it; cutting there would make a sub-model of no complexity, e.g. a lone pooling layer.)
+
 Result: consecutive, non-empty, covering ranges, at most ``max_partitions`` of them, and every sub-model except the
-last has a complexity <= target or is a single layer whose own complexity exceeds the target.
+last has a complexity <= target or exceeds it through a single layer (its only layer of nonzero complexity).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ def partition_points(complexities: Sequence[float], max_partitions: int) -> list
     cuts = [0]
     current = 0.0
     for i, complexity in enumerate(complexities):
-        if current + complexity > target and i > cuts[-1] and len(cuts) < max_partitions:
+        if complexity > 0 and current + complexity > target and i > cuts[-1] and len(cuts) < max_partitions:
             cuts.append(i)
             current = 0.0
         current += complexity
