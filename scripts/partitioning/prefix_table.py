@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 
 from ..networks.complexity import count_parameters
-from .layers import INPUT, Layer, layer_list
-from .split import layer_complexities
+from .layers import Layer, layer_list
+from .split import layer_complexities, run_eval
 
 __all__ = ["TABLE2_PREFIX_ENDS", "paper_style_flops", "prefix_table"]
 
@@ -40,24 +40,17 @@ def paper_style_flops(layers: Sequence[Layer], example_shape: Sequence[int] = (1
         x = inputs[0]
         flops[current[0]] += 2 * module.in_channels * module.out_channels // module.groups * x[0, 0].numel() * x.shape[0]
 
+    def start(layer: Layer) -> None:
+        current[0] = layer.name
+        flops[layer.name] = 0
+
     handles = [m.register_forward_hook(hook) for layer in layers for m in layer.module.modules()
                if isinstance(m, nn.modules.conv._ConvNd)]
-    modules = nn.ModuleList(layer.module for layer in layers)
-    modes = {module: module.training for module in modules.modules()}
-    param = next(modules.parameters(), None)
-    env = {INPUT: torch.zeros(*example_shape, device=param.device if param is not None else "cpu")}
     try:
-        modules.eval()
-        with torch.no_grad():
-            for layer in layers:
-                current[0] = layer.name
-                flops[layer.name] = 0
-                env[layer.output] = layer.module(*(env[name] for name in layer.inputs))
+        run_eval(layers, example_shape, before_layer=start)
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes.items():
-            module.training = training
     return [flops[layer.name] for layer in layers]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -12,32 +12,46 @@ from .algorithm import partition_points
 from .layers import INPUT, Layer, layer_list
 from .submodel import SubModel, split_layers
 
-__all__ = ["MEASURES", "layer_shapes", "layer_complexities", "split_network", "boundary_table"]
+__all__ = ["MEASURES", "run_eval", "layer_shapes", "layer_complexities", "split_network", "boundary_table"]
 
 MEASURES = ("macs", "params")
 _FP32_BYTES = 4
 
 
-def _device(module: nn.Module) -> torch.device:
+def _device(module: nn.Module, fallback: torch.device) -> torch.device:
     param = next(module.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+    return param.device if param is not None else fallback
 
 
-def layer_shapes(layers: Sequence[Layer], example_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
-    """Shape of every activation (``"input"`` included) for a zero input of ``example_shape``, in eval mode."""
+def run_eval(
+    layers: Sequence[Layer],
+    example_shape: Sequence[int],
+    before_layer: Callable[[Layer], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Run ``layers`` once on a zero input of ``example_shape`` in eval mode, without gradients, each layer on its own
+    device (its inputs are moved there), and return every activation by name; ``before_layer(layer)`` is called
+    before each layer runs. Every module's train/eval flag is restored afterwards."""
     modules = nn.ModuleList(layer.module for layer in layers)
     # restore every module's own flag afterwards (a container's .train() would overwrite its children's)
     modes = {module: module.training for module in modules.modules()}
-    env = {INPUT: torch.zeros(*example_shape, device=_device(modules))}
+    env = {INPUT: torch.zeros(*example_shape, device=_device(modules, torch.device("cpu")))}
     try:
         modules.eval()
         with torch.no_grad():
             for layer in layers:
-                env[layer.output] = layer.module(*(env[name] for name in layer.inputs))
+                if before_layer is not None:
+                    before_layer(layer)
+                device = _device(layer.module, env[layer.inputs[0]].device)
+                env[layer.output] = layer.module(*(env[name].to(device) for name in layer.inputs))
     finally:
         for module, training in modes.items():
             module.training = training
-    return {name: tuple(t.shape) for name, t in env.items()}
+    return env
+
+
+def layer_shapes(layers: Sequence[Layer], example_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """Shape of every activation (``"input"`` included) for a zero input of ``example_shape``, in eval mode."""
+    return {name: tuple(t.shape) for name, t in run_eval(layers, example_shape).items()}
 
 
 def layer_complexities(layers: Sequence[Layer], measure: str, example_shape: Sequence[int]) -> list[int]:
