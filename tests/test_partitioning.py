@@ -383,3 +383,19 @@ def test_committed_table2_csv_holds_the_papers_numbers():
         rows = list(csv.DictReader(f))
     assert [(f"{int(r['params']):g}", int(r["paper_flops"])) for r in rows] == PAPER_TABLE2
     assert [r["end_layer"] for r in rows] == list(TABLE2_PREFIX_ENDS) and all(r["match"] == "True" for r in rows)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here); the CPU tests cover the rest")
+def test_run_chain_moves_activations_between_cuda_and_cpu():
+    net, x = _built("wp_unet")
+    with torch.no_grad():
+        expected = net(x)
+        submodels = split_network(net, 3, example_shape=tuple(x.shape))
+        submodels[0].cuda()  # first part on the GPU, the others on the CPU: run_chain moves the boundary tensors
+        tf32, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
+        try:
+            torch.testing.assert_close(run_chain(submodels, x), expected, rtol=1e-4, atol=1e-4)
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+        table = boundary_table(submodels, tuple(x.shape))
+        assert sum(row["params"] for row in table) == count_parameters(net)["trainable"]
