@@ -76,6 +76,7 @@ def test_torchscript_partitions_equal_monolithic(tmp_path, num_partitions):
     for k, (meta, sub) in enumerate(zip(metas, subs)):
         assert (meta["index"], meta["count"]) == (k, num_partitions)
         assert meta["input_names"] == sub.input_names and meta["output_names"] == sub.output_names
+        assert meta["compiled_with"] == "script"
     x = torch.rand(5, 1, 32, 32)  # another batch size than the export example
     with torch.no_grad():
         expected = net(x)
@@ -108,23 +109,23 @@ class _FailsOnNaN(torch.nn.Module):
         return self.stage(*tensors)
 
 
-def _pipeline_worker(rank, world, port, parts_dir, out_file, batches, micro_batch_size, fail_stage):
+def _pipeline_worker(rank, world, port, parts_dir, out_file, batches, micro_batch_size, fail_stage, device="cpu"):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
     try:
-        stage, meta = load_partition(partition_path(parts_dir, "model", rank, world))
+        stage, meta = load_partition(partition_path(parts_dir, "model", rank, world), map_location=device)
         if rank == fail_stage:
             stage = _FailsOnNaN(stage)
         if rank > 0:
-            StageServer(stage, meta).serve()
+            StageServer(stage, meta, device=device).serve()
             return
-        driver = PipelineDriver(stage, meta, micro_batch_size=micro_batch_size)
+        driver = PipelineDriver(stage, meta, device=device, micro_batch_size=micro_batch_size)
         outputs = []
         for x in batches:
             try:
                 with torch.no_grad():
-                    outputs.append(driver(x))
+                    outputs.append(driver(x).cpu())
             except RuntimeError as exc:
                 outputs.append(str(exc))
         stats = driver.stop()
@@ -170,6 +171,29 @@ def test_process_pipeline_equals_monolithic_sends_the_boundary_and_reports_failu
         assert s["sent"] == expected
         per_slice = boundary_table(subs, (1, 1, 32, 32))[k]["boundary_bytes"]
         assert s["bytes_sent"] == per_slice * sum(mb * n for mb, n in counts.items())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_chain_and_pipeline_equal_monolithic(tmp_path):
+    """Sub-models on the GPU(s): in one process (sub-model k on cuda:k % #GPUs), and as 2 processes whose stages run
+    on the GPU while gloo carries the boundary through the CPU."""
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    net = _tiny_network()
+    subs = split_network(net, 3, example_shape=SHAPE)
+    paths = export_partitions(subs, tmp_path / "parts3", "model", SHAPE)
+    devices = resolve_devices(None)
+    assert devices[0].type == "cuda"
+    stages = [load_partition(p, map_location=devices[k % len(devices)])[0] for k, p in enumerate(paths)]
+    x = torch.rand(5, 1, 32, 32)
+    with torch.no_grad():
+        expected = net(x)
+        got = ChainedPartitions(stages)(x.to(devices[0]))
+    torch.testing.assert_close(got.cpu(), expected, rtol=0, atol=1e-4)
+    export_partitions(split_network(net, 2, example_shape=SHAPE), tmp_path / "parts2", "model", SHAPE)
+    mp.spawn(_pipeline_worker, nprocs=2, join=True,
+             args=(2, _free_port(), str(tmp_path / "parts2"), str(tmp_path / "out.pt"), [x], 2, -1, "cuda:0"))
+    outputs = torch.load(tmp_path / "out.pt", weights_only=False)["outputs"]
+    torch.testing.assert_close(outputs[0], expected, rtol=0, atol=1e-4)
 
 
 def _silent_peer_worker(rank, world, port):

@@ -38,6 +38,7 @@ DATA, STOP, ERROR = 1, 2, 3
 MAX_TENSORS, MAX_DIMS = 16, 6
 _FIXED = 4  # kind, sequence number, sender stage, number of tensors
 HEADER_LEN = _FIXED + MAX_TENSORS * (2 + MAX_DIMS)
+_RECENT = 1000  # per-micro-batch compute times kept for medians
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8, torch.int64)
 
 
@@ -87,7 +88,7 @@ class _Endpoint(nn.Module):
         self.prev_rank = (self.rank - 1) % self.world_size
         self._pending: list[tuple[dist.Work, list[torch.Tensor]]] = []
         self.stats = {"rank": self.rank, "stage": int(meta.get("index", self.rank)), "micro_batches": 0,
-                      "compute_s": 0.0, "bytes_sent": 0, "sent": {}}
+                      "compute_s": 0.0, "recent_compute_s": [], "bytes_sent": 0, "sent": {}}
 
     def _run_stage(self, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         dtype = next((p.dtype for p in self.stage.parameters()), torch.float32)
@@ -100,8 +101,10 @@ class _Endpoint(nn.Module):
         outputs = tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.stats["compute_s"] += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self.stats["compute_s"] += elapsed
         self.stats["micro_batches"] += 1
+        self.stats["recent_compute_s"] = (self.stats["recent_compute_s"] + [elapsed])[-_RECENT:]
         return outputs
 
     def _send(self, kind: int, seq: int, tensors: Sequence[torch.Tensor], dst: int) -> None:
