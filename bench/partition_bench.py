@@ -152,7 +152,11 @@ def main(argv=None):
     parser.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
     parser.add_argument("--tag", default="")
     parser.add_argument("--docs", default="", help="markdown file whose marked section receives the tables")
+    parser.add_argument("--model-from", default="", help="print the edge + server paper model of a results JSON")
     args = parser.parse_args(argv)
+    if args.model_from:
+        print(edge_server_model(json.loads(Path(args.model_from).read_text())))
+        return None
     torch.set_num_threads(args.threads)
 
     devices = resolve_devices(None)
@@ -240,6 +244,55 @@ def markdown(record) -> str:
                          f"{row['macs'] / 1e9:.2f} G | {', '.join(row['boundary'])} | "
                          f"{'; '.join('x'.join(map(str, s)) for s in row['boundary_shapes'])} | "
                          f"{row['boundary_bytes'] / 1e6:.2f} MB |")
+    return "\n".join(lines)
+
+
+INPUT_BYTES_PER_SLICE = 256 * 256 * 2  # an int16 CT slice at the network's size (what an edge would upload)
+LABEL_BYTES_PER_SLICE = 256 * 256  # the uint8 label slice the server returns
+
+
+def edge_server_model(record, bandwidths_mbit=(100, 1000, 10000), server_speedups=(1, 100)) -> str:
+    """A PAPER MODEL, not a measurement: edge + server split of the ``chain n`` runs of ``record``.
+
+    The edge runs sub-models ``0..j`` at the per-stage times measured here (one micro-batch / its size), sends the
+    boundary of sub-model ``j`` (``boundary_bytes`` per slice, fp32) over a link of the given bandwidth, and the
+    server runs the rest ``server_speedup`` times faster and returns uint8 labels. Pipelined throughput is limited
+    by the slowest of edge, uplink, server + downlink; latency per slice is their sum. Compared with all on the edge
+    and with uploading the int16 slice to run everything on the server. Ignores protocol overhead and latency.
+    """
+    mb = record["args"]["micro_batch"]
+    lines = ["| split | link | server speed | edge ms | uplink ms | server ms | slices/s | latency ms/slice |",
+             "|---|---|---|---|---|---|---|---|"]
+    whole = {}
+    for n, rows in record["boundaries"].items():
+        chain = record["summary"].get(f"chain {n}")
+        if chain is None:
+            continue
+        stage_ms = [t / mb for t in chain["stage_ms_per_micro_batch"]]
+        whole[n] = sum(stage_ms)
+    if not whole:
+        return ""
+    total = whole[min(whole)]
+    lines.append(f"| all on the edge | - | - | {total:.0f} | 0 | 0 | {1e3 / total:.2f} | {total:.0f} |")
+    for bw in bandwidths_mbit:
+        bytes_per_ms = bw * 1e6 / 8 / 1e3
+        for speed in server_speedups:
+            up, down = INPUT_BYTES_PER_SLICE / bytes_per_ms, LABEL_BYTES_PER_SLICE / bytes_per_ms
+            server = total / speed + down
+            lines.append(f"| all on the server (upload slice) | {bw} Mbit/s | {speed}x | 0 | {up:.1f} | {server:.1f} | "
+                         f"{1e3 / max(up, server):.2f} | {up + server:.0f} |")
+            for n, rows in record["boundaries"].items():
+                chain = record["summary"].get(f"chain {n}")
+                if chain is None or int(n) < 2:
+                    continue
+                stage_ms = [t / mb for t in chain["stage_ms_per_micro_batch"]]
+                for j in range(int(n) - 1):
+                    edge = sum(stage_ms[: j + 1])
+                    link = rows[j]["boundary_bytes"] / bytes_per_ms
+                    srv = sum(stage_ms[j + 1 :]) / speed + down
+                    lines.append(f"| edge: sub-models 0..{j} of {n} | {bw} Mbit/s | {speed}x | {edge:.0f} | "
+                                 f"{link:.1f} | {srv:.1f} | {1e3 / max(edge, link, srv):.2f} | "
+                                 f"{edge + link + srv:.0f} |")
     return "\n".join(lines)
 
 
