@@ -296,6 +296,32 @@ def test_torchrun_bad_input_stops_every_rank(tmp_path, tiny_weights):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+def test_torchrun_bad_case_mid_run_stops_the_pipeline_cleanly(tmp_path, phantom_dir, tiny_weights):
+    """Rank 0 meets a NaN volume after a good one: the good output is written, rank 0 stops the pipeline (every
+    stage reports back) and exits with the one-line error; no serving rank crashes."""
+    import nibabel as nib
+    import numpy as np
+
+    source = nib.load(str(sorted(phantom_dir.glob("case_*/imaging.nii.gz"))[0]))
+    volume = np.asarray(source.dataobj, dtype=np.float32)
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(volume, source.affine), str(tmp_path / "in" / "a_good.nii.gz"))
+    volume[0, 0, :3] = np.nan
+    nib.save(nib.Nifti1Image(volume, source.affine), str(tmp_path / "in" / "b_nan.nii.gz"))
+    result = _torchrun(3, _bundle_args(tiny_weights, tmp_path / "in", tmp_path / "out")
+                       + ["--partitions_dir", str(tmp_path / "parts")])
+    assert result.returncode != 0
+    assert f"error: {tmp_path / 'in' / 'b_nan.nii.gz'}" in result.stderr and "NaN" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_good.nii.gz", "a_good_volumes.json"]
+    log = result.stdout + result.stderr
+    # the stop message went round and every stage reported (the serving ranks left their loop, none crashed);
+    # torchrun then ends them as it ends every worker of a failed job
+    for stage in range(3):
+        assert f"pipeline stage {stage} (rank {stage})" in log
+    assert "[rank1]" not in log and "[rank2]" not in log
+
+
 def test_overlay_keeps_every_check_of_inference_json():
     base = json.loads((BUNDLE_ROOT / "configs" / "inference.json").read_text())["initialize"]
     overlay = json.loads((BUNDLE_ROOT / "configs" / "inference_partitioned.json").read_text())["initialize"]
