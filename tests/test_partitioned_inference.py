@@ -258,7 +258,7 @@ def _torchrun(nproc, extra, timeout=120):
 
 
 @pytest.mark.slow
-def test_torchrun_three_processes_write_the_monolithic_segmentation(phantom_dir, contrast_weights, tmp_path):
+def test_three_processes_and_one_process_write_the_monolithic_segmentation(phantom_dir, contrast_weights, tmp_path):
     import nibabel as nib
     import numpy as np
 
@@ -283,6 +283,16 @@ def test_torchrun_three_processes_write_the_monolithic_segmentation(phantom_dir,
     assert log.count("wrote ") == 1  # rank 0 alone writes
     for stage in range(3):
         assert f"pipeline stage {stage} (rank {stage})" in log
+    # the same overlay without torchrun: one process, 3 sub-models on the listed devices, from the same files
+    single = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", CONFIGS,
+         *_bundle_args(contrast_weights, case, tmp_path / "single"), "--partitions_dir", str(parts),
+         "--num_partitions", "3", "--partition_devices", "['cpu','cpu']"],
+        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "using the TorchScript partitions" in single.stdout + single.stderr  # same weights: not re-exported
+    np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "single" / f"{case.name}.nii.gz")).dataobj),
+                                  expected)
 
 
 @pytest.mark.slow
