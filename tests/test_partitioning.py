@@ -249,7 +249,10 @@ def test_split_keeps_the_network_mode_and_shares_its_parameters():
     submodels = split_network(net, 3, example_shape=tuple(x.shape))
     assert net.training and all(m.training for m in net.modules())  # counting MACs did not leave it in eval
     assert all(sub.training for sub in submodels)
-    net.eval()
+    net.eval()  # the network alone, not the sub-models' own wrappers: tables must not flip any flag either
+    boundary_table(submodels, tuple(x.shape))
+    layer_complexities(layer_list(net), "macs", tuple(x.shape))
+    assert not any(m.training for m in net.modules())
     for sub in submodels:
         sub.eval()
     with torch.no_grad():
