@@ -128,10 +128,15 @@ def test_every_partition_count_chains_to_the_monolithic_output(name):
             submodels = split_layers(layer_list(net), _even_ranges(n, parts))
             assert len(submodels) == parts
             torch.testing.assert_close(run_chain(submodels, x), expected, rtol=0, atol=1e-6)
-        for measure in ("macs", "params"):  # Algorithm I at every max_partitions
+        for measure in ("macs", "params"):  # Algorithm I at every max_partitions (split_network's own steps)
+            layers = layer_list(net)
+            complexities = layer_complexities(layers, measure, tuple(x.shape))
             for k in range(1, n + 1):
-                submodels = split_network(net, k, measure, tuple(x.shape))
+                submodels = split_layers(layers, partition_points(complexities, k))
                 assert 1 <= len(submodels) <= k
+                torch.testing.assert_close(run_chain(submodels, x), expected, rtol=0, atol=1e-6)
+            for k in (1, n):
+                submodels = split_network(net, k, measure, tuple(x.shape))
                 torch.testing.assert_close(run_chain(submodels, x), expected, rtol=0, atol=1e-6)
 
 
@@ -249,7 +254,10 @@ def test_split_keeps_the_network_mode_and_shares_its_parameters():
     submodels = split_network(net, 3, example_shape=tuple(x.shape))
     assert net.training and all(m.training for m in net.modules())  # counting MACs did not leave it in eval
     assert all(sub.training for sub in submodels)
-    net.eval()
+    net.eval()  # the network alone, not the sub-models' own wrappers: tables must not flip any flag either
+    boundary_table(submodels, tuple(x.shape))
+    layer_complexities(layer_list(net), "macs", tuple(x.shape))
+    assert not any(m.training for m in net.modules())
     for sub in submodels:
         sub.eval()
     with torch.no_grad():

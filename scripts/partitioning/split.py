@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -32,21 +33,27 @@ def run_eval(
     device (its inputs are moved there), and return every activation by name; ``before_layer(layer)`` is called
     before each layer runs. Every module's train/eval flag is restored afterwards."""
     modules = nn.ModuleList(layer.module for layer in layers)
-    # restore every module's own flag afterwards (a container's .train() would overwrite its children's)
-    modes = {module: module.training for module in modules.modules()}
     env = {INPUT: torch.zeros(*example_shape, device=_device(modules, torch.device("cpu")))}
-    try:
+    with _modes_kept(modules), torch.no_grad():
         modules.eval()
-        with torch.no_grad():
-            for layer in layers:
-                if before_layer is not None:
-                    before_layer(layer)
-                device = _device(layer.module, env[layer.inputs[0]].device)
-                env[layer.output] = layer.module(*(env[name].to(device) for name in layer.inputs))
+        for layer in layers:
+            if before_layer is not None:
+                before_layer(layer)
+            device = _device(layer.module, env[layer.inputs[0]].device)
+            env[layer.output] = layer.module(*(env[name].to(device) for name in layer.inputs))
+    return env
+
+
+@contextmanager
+def _modes_kept(modules: nn.Module):
+    """Restore every module's own train/eval flag on exit: ``.train(mode)`` on a container (``count_macs`` does it on
+    the layer wrappers) would overwrite its children's flags, which belong to the network."""
+    modes = {module: module.training for module in modules.modules()}
+    try:
+        yield
     finally:
         for module, training in modes.items():
             module.training = training
-    return env
 
 
 def layer_shapes(layers: Sequence[Layer], example_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
@@ -67,13 +74,14 @@ def layer_complexities(layers: Sequence[Layer], measure: str, example_shape: Seq
 def _layer_macs(layers: Sequence[Layer], shapes: dict[str, tuple[int, ...]]) -> list[int]:
     """MACs of each layer, given the activation shapes; a multi-input layer (concatenation) must have no conv."""
     macs = []
-    for layer in layers:
-        if len(layer.inputs) == 1:
-            macs.append(count_macs(layer.module, shapes[layer.inputs[0]]))
-        elif any(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in layer.module.modules()):
-            raise ValueError(f"layer {layer.name!r} reads several inputs and has convolutions: MACs not supported.")
-        else:
-            macs.append(0)
+    with _modes_kept(nn.ModuleList(layer.module for layer in layers)):
+        for layer in layers:
+            if len(layer.inputs) == 1:
+                macs.append(count_macs(layer.module, shapes[layer.inputs[0]]))
+            elif any(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in layer.module.modules()):
+                raise ValueError(f"layer {layer.name!r} reads several inputs and has convolutions: MACs not supported.")
+            else:
+                macs.append(0)
     return macs
 
 
