@@ -50,8 +50,11 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Traceback
     if message is None or os.environ.get("BUNDLE_DEBUG"):
         sys.__excepthook__(exc_type, exc, tb)
         return
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
+    # the real stderr: a hook that wraps this one (torch.distributed's, once a process group exists) swaps
+    # sys.stderr for a buffer it prints after we return - and os._exit below means we never return
+    stderr = sys.__stderr__ or sys.stderr
+    stderr.write(f"error: {message}\n")
+    stderr.flush()
     os._exit(2)  # skip interpreter teardown (DataLoader workers, tensorboard threads)
 
 

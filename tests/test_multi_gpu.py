@@ -15,8 +15,8 @@ from conftest import BUNDLE_ROOT, TINY_OVERRIDES
 CONFIGS = str([str(BUNDLE_ROOT / "configs" / "train.json"), str(BUNDLE_ROOT / "configs" / "multi_gpu_train.json")])
 
 
-def _torchrun(phantom_dir, tmp_path, epochs: int, port: int) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+def _torchrun(phantom_dir, tmp_path, epochs: int, port: int, nproc: int = 2) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
             "-m", "monai.bundle", "run", "training", "--config_file", CONFIGS, "--bundle_root", str(BUNDLE_ROOT),
             "--dataset_dir", str(phantom_dir), "--num_folds", "2", "--ckpt_dir", str(tmp_path / "models"),
             "--output_dir", str(tmp_path / "train"), "--epochs", str(epochs), "--num_workers", "0",
@@ -46,3 +46,12 @@ def test_two_process_gloo_training_and_resume(phantom_dir, tmp_path):
     assert log.count(f"resumed training from {models / 'last_checkpoint_1.pt'}") == 2  # both ranks, same file
     assert sorted(p.name for p in models.iterdir()) == ["last_checkpoint_2.pt", "model.pt"]
     assert log.count("Epoch[2] Metrics") == 1
+
+
+def test_input_error_under_torchrun_keeps_its_one_line_message(tmp_path):
+    """torch.distributed wraps sys.excepthook once the process group exists (it buffers stderr to prefix the
+    rank); the bundle's hook must still print its one-line error before exiting."""
+    missing = tmp_path / "no_such_dataset"
+    result = _torchrun(missing, tmp_path, epochs=1, port=29643, nproc=1)
+    assert result.returncode != 0
+    assert f"error: {missing}: dataset folder does not exist" in result.stderr, result.stderr[-3000:]
