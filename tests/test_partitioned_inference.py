@@ -94,6 +94,15 @@ def test_unreadable_partition_names_the_file(tmp_path):
         read_partition_meta(bad)
 
 
+def test_3d_network_is_refused_with_a_clear_error(tmp_path):
+    from scripts.networks import PocketUNet
+    from scripts.partitioning import partitioned_network
+
+    net = PocketUNet(spatial_dims=3, in_channels=1, out_channels=3, features=4, depth=2)
+    with pytest.raises(InputError, match="partitioned inference runs 2D networks.*PocketUNet is 3D"):
+        partitioned_network(net, tmp_path / "model.pt", 2, tmp_path, "model", [128, 128, 32])
+
+
 # --- a pipeline of processes (torch.multiprocessing, gloo on 127.0.0.1) -------------------------------------------
 
 class _FailsOnNaN(torch.nn.Module):

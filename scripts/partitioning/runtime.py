@@ -139,6 +139,11 @@ def partitioned_network(network_def: nn.Module, model_path: str | os.PathLike, n
     """
     if isinstance(num_partitions, bool) or not isinstance(num_partitions, int) or num_partitions < 1:
         raise InputError(f"--num_partitions {num_partitions!r}: give a positive integer")
+    spatial_dims = getattr(network_def, "spatial_dims", None) or getattr(
+        getattr(network_def, "encoder", None), "spatial_dims", 2)
+    if spatial_dims != 2 or len(slice_size) != 2:
+        raise InputError(f"partitioned inference runs 2D networks over axial slices; {type(network_def).__name__} "
+                         f"is {spatial_dims}D (slice_size {list(slice_size)}): run it with configs/inference.json alone")
     example_shape = (1, in_channels, *slice_size)
     world, rank = pipeline_world_size(), pipeline_rank()
     if world == 1:
