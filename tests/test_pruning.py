@@ -23,9 +23,11 @@ from scripts.pruning import (
     apply_pruning,
     check_pruning_flags,
     is_pruned,
+    kept_channels,
     load_sparse_state_dict,
     make_permanent,
     prune_channels,
+    pruning_roots,
     pruning_targets,
     save_checkpoint,
     save_sparse_state_dict,
@@ -211,6 +213,69 @@ def test_channel_pruning_gives_a_smaller_net_with_the_same_output_shape(name, tm
     torch.testing.assert_close(fresh.eval()(x), net(x))
 
 
+@pytest.mark.parametrize("out, ratio, round_to, kept", [
+    (16, 0.5, 8, 8), (16, 0.3, 8, 8), (32, 0.3, 8, 24), (64, 0.3, 8, 48), (128, 0.3, 8, 88), (128, 0.3, 1, 90),
+    (16, 0.0, 8, 16), (4, 0.5, 8, 4), (12, 0.9, 8, 8), (19, 0.0, 8, 16),
+])
+def test_kept_channels_rounds_to_a_multiple(out, ratio, round_to, kept):
+    assert kept_channels(out, ratio, round_to) == kept
+
+
+def _root_widths(net: nn.Module) -> dict[str, int]:
+    return {name: m.out_channels for name, m in pruning_roots(net, []).items()}
+
+
+def test_channel_rounding_keeps_multiples_of_round_to(tmp_path):
+    net = _randomise(WPUNet(channels=(16, 24, 48), strides=(2, 2), dropout=0.0)).eval()
+    x = torch.rand(2, 1, 32, 32)
+    prune_channels(net, x[:1], ratio=0.3, round_to=8)
+    widths = _root_widths(net)
+    assert widths.pop("decoder.head") == 3
+    assert all(w % 8 == 0 for w in widths.values()), widths
+    assert widths["encoder.stages.2.block.conv2.pointwise"] == 32  # 48 * 0.7 = 33.6 -> 32, not the 34 of round_to=1
+    assert net(x).shape == (2, 3, 32, 32)
+    unrounded = prune_channels(_randomise(WPUNet(channels=(16, 24, 48), strides=(2, 2), dropout=0.0)).eval(),
+                               x[:1], ratio=0.3)
+    assert _root_widths(unrounded)["encoder.stages.2.block.conv2.pointwise"] == 34
+
+
+def test_stage_ratios_prune_only_the_named_stages(tmp_path):
+    net = _randomise(WPUNet(channels=(8, 16, 32), strides=(2, 2), dropout=0.0)).eval()
+    before = _root_widths(net)
+    x = torch.rand(2, 1, 32, 32)
+    # longest prefix wins: encoder.stages.0 at 0.5, but its first conv at 0.75; decoder.stages.1 at 0.5; rest 0
+    prune_channels(net, x[:1], ratio=0.0, stage_ratios={"encoder.stages.0": 0.5, "decoder.stages.1": 0.5,
+                                                         "encoder.stages.0.block.conv1": 0.75})
+    after = _root_widths(net)
+    for name, width in before.items():
+        if name == "encoder.stages.0.block.conv1":
+            expected = width // 4
+        elif name.startswith(("encoder.stages.0.", "decoder.stages.1.")):
+            expected = width // 2
+        else:
+            expected = width
+        assert after[name] == expected, (name, after[name], expected)
+    assert net(x).shape == (2, 3, 32, 32)
+    save_checkpoint(net.state_dict(), tmp_path / "structured.pt")
+    fresh = shrink_to_state_dict(WPUNet(channels=(8, 16, 32), strides=(2, 2), dropout=0.0),
+                                 torch.load(tmp_path / "structured.pt", weights_only=True)["model"])
+    torch.testing.assert_close(fresh.eval()(x), net(x))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ratio": 1.0}, "channel ratio"),
+    ({"stage_ratios": {"encoder.stages.0": 1.5}}, "encoder.stages.0"),
+    ({"stage_ratios": {"encoder.stage.0": 0.5}}, r"match no prunable convolution.*encoder\.stages\.0"),
+    ({"stage_ratios": {"encoder.stages.0": True}}, "encoder.stages.0"),
+    ({"round_to": 0}, "round_to"),
+    ({"round_to": 2.0}, "round_to"),
+])
+def test_bad_channel_pruning_arguments_are_clear_value_errors(kwargs, match):
+    net = _tiny_wpunet()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        prune_channels(net, torch.rand(1, 1, 32, 32), **{"ratio": 0.5, **kwargs})
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # nothing pruned
 
 
 def _check_segmentations(out, phantom_dir, cases):
@@ -220,7 +285,10 @@ def _check_segmentations(out, phantom_dir, cases):
 
 
 @pytest.mark.parametrize("flag, value", [("sparsity", 1.5), ("method", "random"), ("scope", "bias"),
-                                         ("finetune_epochs", -1), ("channel_ratio", "0.5"), ("std_ratio", -1.0)])
+                                         ("finetune_epochs", -1), ("channel_ratio", "0.5"), ("std_ratio", -1.0),
+                                         ("channel_stage_ratios", ["encoder.stages.0"]),
+                                         ("channel_stage_ratios", {"encoder.stages.0": 1.0}),
+                                         ("channel_round_to", 0), ("channel_round_to", "8")])
 def test_bad_pruning_flags_are_input_errors(flag, value):
     with pytest.raises(InputError, match=f"--(prune_)?{flag}"):
         check_pruning_flags(**{flag: value})

@@ -38,10 +38,24 @@ def _check_flags(finetune_epochs, **fractions) -> None:
             raise InputError(f"--{name}: expected a fraction in [0, 1), e.g. 0.5, got {value!r}")
 
 
+def _check_channel_flags(stage_ratios, round_to) -> None:
+    if not isinstance(stage_ratios, dict) or not all(isinstance(k, str) for k in stage_ratios):
+        raise InputError(f"--channel_stage_ratios: expected a dict {{module-name prefix: ratio}}, e.g. "
+                         f"\"{{'encoder.stages.0': 0.5}}\", got {stage_ratios!r}")
+    for prefix, value in stage_ratios.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise InputError(f"--channel_stage_ratios: the ratio of {prefix!r} must be a fraction in [0, 1), "
+                             f"got {value!r}")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise InputError(f"--channel_round_to: expected an integer >= 1 (1: no rounding), got {round_to!r}")
+
+
 def check_pruning_flags(method: str = "magnitude", sparsity: float = 0.5, scope: str = "kernels",
-                        std_ratio: float = 0.67, finetune_epochs: int = 0, channel_ratio: float = 0.5) -> bool:
+                        std_ratio: float = 0.67, finetune_epochs: int = 0, channel_ratio: float = 0.5,
+                        channel_stage_ratios: dict | None = None, channel_round_to: int = 1) -> bool:
     """Check the pruning ids of ``configs/prune.json`` (run by its ``initialize``, before any data is loaded)."""
     _check_flags(finetune_epochs, sparsity=sparsity, channel_ratio=channel_ratio)
+    _check_channel_flags({} if channel_stage_ratios is None else channel_stage_ratios, channel_round_to)
     if method not in METHODS:
         raise InputError(f"--prune_method: expected one of {', '.join(METHODS)}, got {method!r}")
     if scope not in SCOPES:
@@ -83,7 +97,8 @@ def format_report_table(report: dict) -> str:
     after = report["params_after"]
     if "channel_ratio" in report:
         lines.append(f"params: {report['params_before']['total_params']:,} -> {after['total_params']:,} "
-                     f"(channel ratio {report['channel_ratio']})")
+                     f"(channel ratio {report['channel_ratio']}, stage ratios {report.get('stage_ratios') or '-'}, "
+                     f"kept channels a multiple of {report.get('round_to', 1)})")
         return "\n".join(lines)
     lines.append(f"params: total {after['total_params']:,}, nonzero {after['nonzero_params']:,}, "
                  f"sparsity {after['sparsity']:.4f}, of the pruned scope {report['scope_sparsity']:.4f} (method {report['method']}, scope {report['scope']}, "
@@ -156,19 +171,30 @@ def run_structured_pruning(
     channel_ratio: float = 0.5,
     finetune_epochs: int = 0,
     device: torch.device | str = "cpu",
+    stage_ratios: dict[str, float] | None = None,
+    round_to: int = 1,
 ) -> dict:
-    """Channel-prune ``network`` loaded from ``model_path`` (``structured.prune_channels``), evaluate, fine-tune,
-    save the smaller dense state dict to ``structured_model_path``; report in
-    ``<output_dir>/structured_pruning_report.json``. ``trainer`` must train ``network`` with ``optimizer``."""
+    """Channel-prune ``network`` loaded from ``model_path`` (``structured.prune_channels`` with ``channel_ratio``,
+    ``stage_ratios`` and ``round_to``), evaluate, fine-tune, save the smaller dense state dict to
+    ``structured_model_path``; report in ``<output_dir>/structured_pruning_report.json``. ``trainer`` must train
+    ``network`` with ``optimizer``."""
     if Path(structured_model_path).resolve() == Path(model_path).resolve():
         raise InputError(f"{structured_model_path}: the pruned model would overwrite its input; choose another name")
+    stage_ratios = dict(stage_ratios or {})
     _check_flags(finetune_epochs, channel_ratio=channel_ratio)
+    _check_channel_flags(stage_ratios, round_to)
     load_weights(network, model_path, device)
-    report: dict = {"model_path": str(model_path), "channel_ratio": channel_ratio, "finetune_epochs": finetune_epochs,
+    report: dict = {"model_path": str(model_path), "channel_ratio": channel_ratio, "stage_ratios": stage_ratios,
+                    "round_to": round_to, "finetune_epochs": finetune_epochs,
                     "dice_note": "validation fold of train.json's datalist, resampled grid (as training validation)",
                     "params_before": sparsity_report(network), "dice": {}}
     report["dice"]["before_pruning"] = evaluate_dice(evaluator)
-    prune_channels(network, torch.zeros(example_shape, device=device), channel_ratio)
+    try:
+        prune_channels(network, torch.zeros(example_shape, device=device), channel_ratio, stage_ratios=stage_ratios,
+                       round_to=round_to)
+    except ValueError as err:
+        flag = "--channel_stage_ratios" if str(err).startswith("stage_ratios") else "channel pruning"
+        raise InputError(f"{flag}: {err}") from None
     # torch-pruning replaces the pruned tensors with new Parameters: point the optimizer at them, fresh state
     optimizer.state.clear()
     optimizer.param_groups[0]["params"] = [p for p in network.parameters() if p.requires_grad]
