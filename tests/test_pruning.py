@@ -354,19 +354,45 @@ def test_pruning_workflow_end_to_end(phantom_dir, tiny_weights, tmp_path):
 
 
 @pytest.mark.slow
-def test_structured_pruning_workflow_and_inference(phantom_dir, tiny_weights, tmp_path):
+@pytest.mark.parametrize("flags", [
+    {"channel_ratio": 0.5, "channel_stage_ratios": {}, "channel_round_to": 1},
+    # the per-stage form, passed as on a command line: only encoder stage 0 and decoder stage 1 (full resolution)
+    {"channel_ratio": 0.0, "channel_stage_ratios": "{'encoder.stages.0': 0.5, 'decoder.stages.1': 0.5}",
+     "channel_round_to": 2},
+])
+def test_structured_pruning_workflow_and_inference(phantom_dir, tiny_weights, tmp_path, flags):
     ckpt = tmp_path / "models"
     ckpt.mkdir()
     shutil.copy(tiny_weights, ckpt / "model.pt")
-    result = run_bundle("pruning_structured", [TRAIN, PRUNE], channel_ratio=0.5, finetune_epochs=1, progress_bar=False,
+    result = run_bundle("pruning_structured", [TRAIN, PRUNE], finetune_epochs=1, progress_bar=False,
                      dataset_dir=str(phantom_dir), num_folds=2, ckpt_dir=str(ckpt), num_workers=0,
-                     output_dir=str(tmp_path / "prune"))
+                     output_dir=str(tmp_path / "prune"), **flags)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "prune" / "structured_pruning_report.json").read_text())
-    assert report["total_params"] < 0.5 * report["params_before"]["total_params"]
     assert set(report["dice"]) == {"before_pruning", "after_pruning", "after_finetuning"}
+    shapes = report["layer_shapes"]
+    if flags["channel_ratio"]:
+        assert report["total_params"] < 0.5 * report["params_before"]["total_params"]
+    else:  # tiny net (4, 8, 16): the full-resolution stages go from 4 to 2 channels, the rest stay
+        assert report["stage_ratios"] == {"encoder.stages.0": 0.5, "decoder.stages.1": 0.5}
+        assert shapes["encoder.stages.0.block.conv2.pointwise.weight"][0] == 2
+        assert shapes["decoder.stages.1.block.conv2.pointwise.weight"][0] == 2
+        assert shapes["encoder.stages.1.block.conv2.pointwise.weight"][0] == 8
+        assert shapes["decoder.head.weight"] == [3, 2, 1, 1]
     out = tmp_path / "inference"
     result = run_bundle("inferring", [INFERENCE, STRUCTURED], input_path=str(phantom_dir / "case_00001"),
                      output_dir=str(out), model_path=str(ckpt / "model_structured.pt"))
     assert result.returncode == 0, result.stderr[-3000:]
     _check_segmentations(out, phantom_dir, ["case_00001"])
+
+
+def test_unknown_stage_prefix_on_the_command_line_stops_before_evaluating(phantom_dir, tiny_weights, tmp_path):
+    ckpt = tmp_path / "models"
+    ckpt.mkdir()
+    shutil.copy(tiny_weights, ckpt / "model.pt")
+    result = run_bundle("pruning_structured", [TRAIN, PRUNE], channel_stage_ratios="{'encoder.stage.0': 0.5}",
+                        dataset_dir=str(phantom_dir), num_folds=2, ckpt_dir=str(ckpt), num_workers=0,
+                        output_dir=str(tmp_path / "prune"), progress_bar=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "--channel_stage_ratios" in result.stderr and "encoder.stages.0" in result.stderr
+    assert "Traceback" not in result.stderr and "val_" not in result.stderr, result.stderr[-3000:]

@@ -33,7 +33,7 @@ import os
 import torch
 import torch.nn as nn
 
-__all__ = ["output_layers", "prune_channels", "pruning_roots", "kept_channels", "shrink_to_state_dict", "load_structured"]
+__all__ = ["output_layers", "prune_channels", "pruning_roots", "root_ratios", "kept_channels", "shrink_to_state_dict", "load_structured"]
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
@@ -93,6 +93,23 @@ def _ratio_per_root(roots: dict[str, nn.Module], ratio: float, stage_ratios: dic
         prefixes = [p for p in stage_ratios if matches(name, p)]
         per_root[name] = stage_ratios[max(prefixes, key=len)] if prefixes else ratio
     return per_root
+
+
+def root_ratios(network: nn.Module, example_input: torch.Tensor, ratio: float = 0.5,
+                stage_ratios: dict[str, float] | None = None) -> dict[str, float]:
+    """The ratio each root convolution of ``network`` would be pruned by (``prune_channels``' arguments); raises
+    ``ValueError`` for a bad ratio or a ``stage_ratios`` prefix that matches no root. Prunes nothing."""
+    _check_ratio("channel ratio", ratio)
+    stage_ratios = dict(stage_ratios or {})
+    for prefix, value in stage_ratios.items():
+        _check_ratio(f"stage_ratios[{prefix!r}]", value)
+    was_training = network.training
+    network.eval()  # the trace must not update BatchNorm statistics
+    try:
+        roots = pruning_roots(network, output_layers(network, example_input))
+    finally:
+        network.train(was_training)
+    return _ratio_per_root(roots, ratio, stage_ratios)
 
 
 def prune_channels(

@@ -21,7 +21,7 @@ import torch.nn as nn
 from ..atomic import atomic_write_text
 from ..errors import InputError
 from .storage import save_checkpoint, save_sparse_state_dict
-from .structured import prune_channels
+from .structured import prune_channels, root_ratios
 from .unstructured import METHODS, SCOPES, apply_pruning, make_permanent, sparsity_report
 
 __all__ = ["check_pruning_flags", "load_weights", "evaluate_dice", "run_pruning", "run_structured_pruning", "format_report_table"]
@@ -184,17 +184,21 @@ def run_structured_pruning(
     _check_flags(finetune_epochs, channel_ratio=channel_ratio)
     _check_channel_flags(stage_ratios, round_to)
     load_weights(network, model_path, device)
+    example = torch.zeros(example_shape, device=device)
+    try:  # a prefix typo stops here, before the first evaluation
+        root_ratios(network, example, channel_ratio, stage_ratios)
+    except ValueError as err:
+        raise InputError(f"--channel_stage_ratios: {err} (or pass --channel_stage_ratios \"{{}}\" to prune every "
+                         "stage by --channel_ratio)") from None
     report: dict = {"model_path": str(model_path), "channel_ratio": channel_ratio, "stage_ratios": stage_ratios,
                     "round_to": round_to, "finetune_epochs": finetune_epochs,
                     "dice_note": "validation fold of train.json's datalist, resampled grid (as training validation)",
                     "params_before": sparsity_report(network), "dice": {}}
     report["dice"]["before_pruning"] = evaluate_dice(evaluator)
     try:
-        prune_channels(network, torch.zeros(example_shape, device=device), channel_ratio, stage_ratios=stage_ratios,
-                       round_to=round_to)
+        prune_channels(network, example, channel_ratio, stage_ratios=stage_ratios, round_to=round_to)
     except ValueError as err:
-        flag = "--channel_stage_ratios" if str(err).startswith("stage_ratios") else "channel pruning"
-        raise InputError(f"{flag}: {err}") from None
+        raise InputError(f"channel pruning: {err}") from None
     # torch-pruning replaces the pruned tensors with new Parameters: point the optimizer at them, fresh state
     optimizer.state.clear()
     optimizer.param_groups[0]["params"] = [p for p in network.parameters() if p.requires_grad]
