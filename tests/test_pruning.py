@@ -215,7 +215,7 @@ def test_channel_pruning_gives_a_smaller_net_with_the_same_output_shape(name, tm
 
 @pytest.mark.parametrize("out, ratio, round_to, kept", [
     (16, 0.5, 8, 8), (16, 0.3, 8, 8), (32, 0.3, 8, 24), (64, 0.3, 8, 48), (128, 0.3, 8, 88), (128, 0.3, 1, 90),
-    (16, 0.0, 8, 16), (4, 0.5, 8, 4), (12, 0.9, 8, 8), (19, 0.0, 8, 16),
+    (16, 0.0, 8, 16), (4, 0.5, 8, 4), (12, 0.9, 8, 8), (19, 0.0, 8, 19), (19, 0.1, 8, 16),
 ])
 def test_kept_channels_rounds_to_a_multiple(out, ratio, round_to, kept):
     assert kept_channels(out, ratio, round_to) == kept
@@ -288,7 +288,8 @@ def _check_segmentations(out, phantom_dir, cases):
                                          ("finetune_epochs", -1), ("channel_ratio", "0.5"), ("std_ratio", -1.0),
                                          ("channel_stage_ratios", ["encoder.stages.0"]),
                                          ("channel_stage_ratios", {"encoder.stages.0": 1.0}),
-                                         ("channel_round_to", 0), ("channel_round_to", "8")])
+                                         ("channel_round_to", 0), ("channel_round_to", "8"),
+                                         ("channel_prune_steps", 0), ("channel_prune_steps", 2)])
 def test_bad_pruning_flags_are_input_errors(flag, value):
     with pytest.raises(InputError, match=f"--(prune_)?{flag}"):
         check_pruning_flags(**{flag: value})
@@ -359,18 +360,28 @@ def test_pruning_workflow_end_to_end(phantom_dir, tiny_weights, tmp_path):
     # the per-stage form, passed as on a command line: only encoder stage 0 and decoder stage 1 (full resolution)
     {"channel_ratio": 0.0, "channel_stage_ratios": "{'encoder.stages.0': 0.5, 'decoder.stages.1': 0.5}",
      "channel_round_to": 2},
+    # iterative: 2 steps (ratio 0.25, then 0.5 after the first of 2 fine-tuning epochs)
+    {"channel_ratio": 0.5, "channel_stage_ratios": {}, "channel_round_to": 1, "channel_prune_steps": 2,
+     "finetune_epochs": 2},
 ])
 def test_structured_pruning_workflow_and_inference(phantom_dir, tiny_weights, tmp_path, flags):
     ckpt = tmp_path / "models"
     ckpt.mkdir()
     shutil.copy(tiny_weights, ckpt / "model.pt")
-    result = run_bundle("pruning_structured", [TRAIN, PRUNE], finetune_epochs=1, progress_bar=False,
-                     dataset_dir=str(phantom_dir), num_folds=2, ckpt_dir=str(ckpt), num_workers=0,
-                     output_dir=str(tmp_path / "prune"), **flags)
+    result = run_bundle("pruning_structured", [TRAIN, PRUNE], progress_bar=False, dataset_dir=str(phantom_dir),
+                        num_folds=2, ckpt_dir=str(ckpt), num_workers=0, output_dir=str(tmp_path / "prune"),
+                        **{"finetune_epochs": 1, **flags})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "prune" / "structured_pruning_report.json").read_text())
-    assert set(report["dice"]) == {"before_pruning", "after_pruning", "after_finetuning"}
     shapes = report["layer_shapes"]
+    if flags.get("channel_prune_steps", 1) > 1:
+        assert set(report["dice"]) == {"before_pruning", "after_pruning_step_1", "after_finetuning"}
+        assert "channel pruning step 2/2" in result.stderr + result.stdout
+        # the same final widths as one step: ratio 0.5 of (4, 8, 16)
+        assert shapes["encoder.stages.2.block.conv2.pointwise.weight"][0] == 8
+        assert shapes["encoder.stages.0.block.conv2.pointwise.weight"][0] == 2
+    else:
+        assert set(report["dice"]) == {"before_pruning", "after_pruning", "after_finetuning"}
     if flags["channel_ratio"]:
         assert report["total_params"] < 0.5 * report["params_before"]["total_params"]
     else:  # tiny net (4, 8, 16): the full-resolution stages go from 4 to 2 channels, the rest stay

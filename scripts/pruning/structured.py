@@ -67,7 +67,10 @@ def pruning_roots(network: nn.Module, ignored: list[nn.Module]) -> dict[str, nn.
 
 def kept_channels(out_channels: int, ratio: float, round_to: int = 1) -> int:
     """Channels a root keeps: ``(1 - ratio) * out_channels`` rounded to the nearest multiple of ``round_to``, at
-    least ``round_to`` and at most ``out_channels`` (a root narrower than ``round_to`` is not pruned)."""
+    least ``round_to`` and at most ``out_channels`` (a root narrower than ``round_to`` is not pruned; ratio 0 keeps
+    every channel, also when ``out_channels`` is no multiple of ``round_to``)."""
+    if ratio == 0:
+        return out_channels
     keep = round_to * math.floor(out_channels * (1.0 - ratio) / round_to + 0.5)
     return min(out_channels, max(round_to, keep))
 
@@ -119,6 +122,7 @@ def prune_channels(
     ignored_layers: list[nn.Module] | None = None,
     stage_ratios: dict[str, float] | None = None,
     round_to: int = 1,
+    widths: dict[str, int] | None = None,
 ) -> nn.Module:
     """Remove channels of every regular/pointwise conv, in place; return ``network``.
 
@@ -130,6 +134,8 @@ def prune_channels(
         stage_ratios: ``{module-name prefix: ratio}`` overriding ``ratio`` for the roots under that prefix, e.g.
             ``{"encoder.stages.0": 0.5, "decoder.stages.3": 0.5}``; the longest matching prefix wins.
         round_to: every root keeps a multiple of this many channels (``kept_channels``); 1 = no rounding.
+        widths: ``{root name: channels to keep}`` instead of the ratios (roots not named keep theirs); used for
+            iterative pruning, which reaches the final widths in steps.
     """
     import torch_pruning as tp
 
@@ -143,10 +149,15 @@ def prune_channels(
     network.eval()
     ignored = list(ignored_layers) if ignored_layers is not None else output_layers(network, example_input)
     roots = pruning_roots(network, ignored)
-    ratios = _ratio_per_root(roots, ratio, stage_ratios)
+    if widths is None:
+        ratios = _ratio_per_root(roots, ratio, stage_ratios)
+        widths = {name: kept_channels(root.out_channels, ratios[name], round_to) for name, root in roots.items()}
+    unknown = sorted(set(widths) - set(roots))
+    if unknown:
+        raise ValueError(f"widths: {unknown} are not prunable convolutions of {type(network).__name__}")
     try:
         graph = tp.DependencyGraph().build_dependency(network, example_inputs=example_input)
-        _prune_roots(graph, roots, ratios, round_to, tp)
+        _prune_roots(graph, roots, widths, tp)
     except TypeError as err:  # torch-pruning 1.6.1 cannot infer some concat sizes (e.g. MONAI BasicUNet/UNet)
         raise ValueError(f"torch-pruning could not trace the channel dependencies of {type(network).__name__} "
                          f"({err}); channel pruning is tested on the bundle's own networks (scripts/networks)") from err
@@ -154,11 +165,11 @@ def prune_channels(
     return network
 
 
-def _prune_roots(graph, roots: dict[str, nn.Module], ratios: dict[str, float], round_to: int, tp) -> None:
+def _prune_roots(graph, roots: dict[str, nn.Module], widths: dict[str, int], tp) -> None:
     importance = tp.importance.MagnitudeImportance(p=1)
     for name, root in roots.items():
-        n_prune = root.out_channels - kept_channels(root.out_channels, ratios[name], round_to)
-        if n_prune <= 0:
+        n_prune = root.out_channels - widths.get(name, root.out_channels)
+        if n_prune <= 0 or n_prune >= root.out_channels:
             continue
         group = graph.get_pruning_group(root, tp.prune_conv_out_channels, idxs=list(range(root.out_channels)))
         scores = importance(group)
