@@ -178,10 +178,11 @@ def main() -> None:
         for name, overrides in args.patterns.items():
             run_once(work, name, {**finetune, **overrides}, args.reuse, structured_runner(name, overrides))
         return
+    unstructured = run_once(work, "unstructured", {**finetune, "sparsity": args.sparsity}, args.reuse,
+                            unstructured_runner)
     runs = {"dense_ft": run_once(work, "dense_ft", {**finetune, **nothing}, args.reuse,
                                  structured_runner("dense_ft", nothing)),
-            f"unstructured_{args.sparsity}": run_once(work, "unstructured", {**finetune, "sparsity": args.sparsity},
-                                                      args.reuse, unstructured_runner)}
+            f"unstructured_{args.sparsity}": unstructured}
     for name, overrides in args.patterns.items():
         runs[name] = run_once(work, name, {**finetune, **overrides}, args.reuse, structured_runner(name, overrides))
     base_test = run_once(work, "dense_base", {}, args.reuse,

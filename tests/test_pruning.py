@@ -407,3 +407,19 @@ def test_unknown_stage_prefix_on_the_command_line_stops_before_evaluating(phanto
     assert result.returncode == 2, result.stderr[-3000:]
     assert "--channel_stage_ratios" in result.stderr and "encoder.stages.0" in result.stderr
     assert "Traceback" not in result.stderr and "val_" not in result.stderr, result.stderr[-3000:]
+
+
+def test_channel_pruning_recipe_overlay_only_sets_prune_json_ids():
+    """configs/prune_channels.json (the measured >= 2x recipe, docs/pruning.md) overrides ids of prune.json only."""
+    from monai.bundle import ConfigParser
+
+    recipe = json.loads((BUNDLE_ROOT / "configs" / "prune_channels.json").read_text())
+    prune = json.loads((BUNDLE_ROOT / "configs" / "prune.json").read_text())
+    assert set(recipe) <= set(prune), set(recipe) - set(prune)
+    parser = ConfigParser()
+    parser.read_config([TRAIN, str(BUNDLE_ROOT / "configs" / "demo.json"), PRUNE,
+                        str(BUNDLE_ROOT / "configs" / "prune_channels.json")])
+    assert parser.get_parsed_content("epochs") == 40 and parser.get_parsed_content("learning_rate") == 0.001
+    assert check_pruning_flags(finetune_epochs=parser["finetune_epochs"], channel_ratio=parser["channel_ratio"],
+                               channel_stage_ratios=parser["channel_stage_ratios"],
+                               channel_round_to=parser["channel_round_to"])
