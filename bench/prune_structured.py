@@ -211,10 +211,15 @@ def main() -> None:
 
     table = []
     baseline = runs["dense_ft"]["test"]["cases"]
+    # the base model itself (no fine-tuning): its validation Dice is the dense run's "before_pruning"
+    runs["dense_base"] = {**base_test, "report_dice": {"after_finetuning": runs["dense_ft"]["report_dice"]["before_pruning"]}}
+    latency_of["dense_base"] = "dense"
+    labels = {"dense_ft": "dense + same fine-tuning (baseline)", "dense_base": "dense base model, no fine-tuning",
+              f"unstructured_{args.sparsity}": f"unstructured {args.sparsity:.0%} of conv kernels (zeros)"}
     for name, row in runs.items():
         after = row["report_dice"].get("after_finetuning", row["report_dice"].get("after_pruning"))
         timed = latency_of[name]
-        entry = {"tag": name, "label": "dense + same fine-tuning" if name == "dense_ft" else name,
+        entry = {"tag": name, "label": labels.get(name, f"channel-pruned: {name}"),
                  "params": sum(p.numel() for p in (models[timed] if timed != "dense" else models["dense"]).parameters()),
                  "ms_128": latency[128][timed], "ms_256": latency[256][timed],
                  "speedup_128": latency[128]["dense"] / latency[128][timed],
@@ -226,7 +231,7 @@ def main() -> None:
             entry[f"test_{region}_diff"], entry[f"test_{region}_diff_se"] = paired(row["test"]["cases"], baseline, region)
         table.append(entry)
     if any(r["tag"] == "dense_ft" for r in table):  # the dense baseline first
-        table.sort(key=lambda r: r["tag"] != "dense_ft")
+        table.sort(key=lambda r: {"dense_ft": 0, "dense_base": 1}.get(r["tag"], 2))
 
     docs = BUNDLE_ROOT / args.docs
     header = "# SYNTHETIC phantoms, demo-size WP-UNet (configs/demo.json); not results on real CT\n"
