@@ -9,8 +9,8 @@ The table of ``docs/pruning.md`` ("Channel pruning: the aim") comes from this sc
    pruned ones (``run pruning_structured`` with nothing pruned), because on an under-trained base model the
    fine-tuning epochs are also extra training.
 3. Unstructured: ``run pruning`` (global magnitude, ``--sparsity`` of the conv kernels), same fine-tuning.
-4. Channel pruning: ``run pruning_structured`` for each setting of ``--patterns`` (default: ``configs/prune.json``'s
-   defaults, plus uniform ratio 0.5), same fine-tuning.
+4. Channel pruning: ``run pruning_structured`` for each setting of ``--patterns`` (default: uniform ratio 0.5, kept
+   channels a multiple of 8, as ``configs/prune_channels.json``), same fine-tuning.
 5. Dice: validation fold (from each run's report: resampled grid, no LCC) and held-out phantoms (``run evaluating``,
    original grid, LCC), with the per-case difference to the dense baseline (mean +- standard error, paired).
 6. Latency: every model in one process, interleaved rounds, median ms per slice, one thread, at 128x128 (the demo's
@@ -19,7 +19,7 @@ The table of ``docs/pruning.md`` ("Channel pruning: the aim") comes from this sc
 Writes ``docs/pruning_structured.csv``, ``docs/pruning_latency.csv``, the table between the ``prune_structured``
 markers of ``docs/pruning.md`` and ``bench/results/prune_structured_<date>.json``. Synthetic data and demo-size
 weights: the numbers show how the methods behave, not accuracy on real CT. Run from the bundle root:
-``OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python bench/prune_structured.py`` (about 40 min on one core).
+``OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python bench/prune_structured.py`` (about 50 min on one core).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ from prune_sweep import DEMO, EVALUATE, PRUNE, STRUCTURED, TRAIN, bundle, time_p
 from scripts.atomic import atomic_write_text  # noqa: E402
 from scripts.phantoms import generate_dataset  # noqa: E402
 
-DEFAULT_PATTERNS = {"structured_default": {}, "uniform_0.5": {"channel_ratio": 0.5, "channel_stage_ratios": {}}}
+# configs/prune_channels.json's setting (its fine-tuning comes from --finetune-epochs / --finetune-lr)
+DEFAULT_PATTERNS = {"uniform_0.5": {"channel_ratio": 0.5, "channel_stage_ratios": {}, "channel_round_to": 8}}
 MARKERS = ("<!-- prune_structured:start -->", "<!-- prune_structured:end -->")
 
 
@@ -119,16 +120,17 @@ def main() -> None:
     parser.add_argument("--workdir", default="demo_output/prune_structured", help="git-ignored by default")
     parser.add_argument("--num-train", type=int, default=24)
     parser.add_argument("--num-test", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--finetune-epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--finetune-epochs", type=int, default=40)
     parser.add_argument("--finetune-lr", type=float, default=1e-3)
     parser.add_argument("--sparsity", type=float, default=0.5, help="unstructured run (global magnitude, kernels)")
     parser.add_argument("--patterns", type=json.loads, default=DEFAULT_PATTERNS,
                         help="JSON {name: {prune.json id: value}} of channel-pruning settings, e.g. "
                              '\'{"shallow": {"channel_ratio": 0.0, "channel_stage_ratios": {"encoder.stages.0": 0.5}}}\'; '
-                             "{} = the defaults of configs/prune.json")
-    parser.add_argument("--repeats", type=int, default=7)
+                             "{} inside = the defaults of configs/prune.json")
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--docs", default="docs", help="folder of pruning.md and the CSV files")
+    parser.add_argument("--results-dir", default="bench/results", help="folder of the JSON with every number")
     parser.add_argument("--reuse", action="store_true", help="keep phantoms, base weights and finished runs")
     parser.add_argument("--patterns-only", action="store_true",
                         help="run (and cache) only --patterns, no baselines, latency or docs: lets several settings "
@@ -253,7 +255,7 @@ def main() -> None:
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "torch": torch.__version__,
               "dense_base_test": {k: base_test["test"][k] for k in ("kidney", "tumour")},
               "runs": runs, "latency_ms": latency, "table": table, "seconds": round(time.perf_counter() - t0)}
-    results = BUNDLE_ROOT / "bench" / "results" / f"prune_structured_{time.strftime('%Y%m%d')}.json"
+    results = BUNDLE_ROOT / args.results_dir / f"prune_structured_{time.strftime('%Y%m%d')}.json"
     atomic_write_text(results, json.dumps(result, indent=2) + "\n")
     print(block)
     print(f"dense base model (no fine-tuning), held-out: kidney {base_test['test']['kidney']:.3f}, "
