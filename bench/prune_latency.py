@@ -2,8 +2,9 @@
 
 Latency does not depend on the weight values, so this needs no data and no training: it builds the network
 (default: the paper-size WP-UNet 64-512), makes an unstructured copy (global magnitude, ``--sparsity`` of conv
-kernels, made permanent) and a channel-pruned copy (``--channel-ratio``), and times them in one process in
-interleaved rounds (median seconds per slice, one thread unless ``--threads``). Dice needs trained weights: see
+kernels, made permanent) and channel-pruned copies (``--channel-ratio``, ``--stage-ratios``, ``--round-to``; or
+several named settings at once with ``--patterns``), and times them in one process in interleaved rounds (median
+seconds per slice, one thread unless ``--threads``). Dice needs trained weights: see
 ``bench/prune_sweep.py``. Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/prune_latency.py``.
 """
 
@@ -32,6 +33,12 @@ def main() -> dict:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--channel-ratio", type=float, default=0.5)
+    parser.add_argument("--stage-ratios", type=json.loads, default={},
+                        help='JSON {module-name prefix: ratio}, e.g. \'{"encoder.stages.0": 0.5}\'')
+    parser.add_argument("--round-to", type=int, default=8, help="kept channels are a multiple of this (1: none)")
+    parser.add_argument("--patterns", type=json.loads, default=None,
+                        help='JSON {name: {"ratio": r, "stage_ratios": {...}, "round_to": n}}: several channel-pruned '
+                             'settings timed together (replaces --channel-ratio/--stage-ratios/--round-to)')
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
@@ -43,8 +50,16 @@ def main() -> dict:
     unstructured = copy.deepcopy(dense)
     apply_pruning(unstructured, "magnitude", args.sparsity, "kernels")
     make_permanent(unstructured)
-    structured = prune_channels(copy.deepcopy(dense), torch.zeros(1, 1, args.size, args.size), args.channel_ratio)
-    models = {"dense": dense, "unstructured": unstructured, "structured": structured}
+    patterns = args.patterns or {"structured": {"ratio": args.channel_ratio, "stage_ratios": args.stage_ratios,
+                                                "round_to": args.round_to}}
+    example = torch.zeros(1, 1, args.size, args.size)
+    models = {"dense": dense, "unstructured": unstructured}
+    widths = {}
+    for name, pattern in patterns.items():
+        models[name] = prune_channels(copy.deepcopy(dense), example, pattern.get("ratio", 0.0),
+                                      stage_ratios=pattern.get("stage_ratios"), round_to=pattern.get("round_to", 1))
+        widths[name] = [m.out_channels for m in models[name].modules() if isinstance(m, torch.nn.Conv2d)
+                        and m.groups == 1]
     x = torch.rand(args.batch, 1, args.size, args.size)
     times: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
@@ -58,7 +73,7 @@ def main() -> dict:
                 times[name].append((time.perf_counter() - start) / (args.iters * args.batch))
     median = {k: statistics.median(v) for k, v in times.items()}
     result = {"channels": channels, "size": args.size, "threads": args.threads, "sparsity": args.sparsity,
-              "channel_ratio": args.channel_ratio,
+              "patterns": patterns, "widths": widths,
               "params": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
               "ms_per_slice": {k: round(v * 1e3, 2) for k, v in median.items()},
               "speedup": {k: round(median["dense"] / v, 2) for k, v in median.items()}}

@@ -11,8 +11,9 @@
 5. Times the forward pass per slice of the dense, unstructured (S = 0.5) and channel-pruned networks in one process,
    interleaved, median of ``--repeats`` rounds.
 
-Writes ``docs/pruning_sweep.csv``, ``docs/pruning_sweep.png``, ``docs/pruning_latency.csv`` and a JSON with every
-number under ``bench/results/``. Everything here is synthetic data and demo-size weights: it shows how the method
+Writes ``docs/pruning_sweep.csv``, ``docs/pruning_sweep.png`` and a JSON with every number (latency included)
+under ``bench/results/``; ``docs/pruning_latency.csv`` comes from ``bench/prune_structured.py``. Everything here
+is synthetic data and demo-size weights: it shows how the method
 behaves, not accuracy on real CT. Run from the bundle root: ``OMP_NUM_THREADS=1 .venv/bin/python bench/prune_sweep.py``.
 """
 
@@ -213,11 +214,7 @@ def main() -> None:
     writer.writeheader()
     writer.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
     atomic_write_text(docs / "pruning_sweep.csv", header + buffer.getvalue())
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(latency[0]))
-    writer.writeheader()
-    writer.writerows(latency)
-    atomic_write_text(docs / "pruning_latency.csv", header + buffer.getvalue())
+    # the latency table of docs/pruning.md (docs/pruning_latency.csv) comes from bench/prune_structured.py
     plot(rows, docs / "pruning_sweep.png")
     result = {"synthetic": True, "args": vars(args), "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "rows": rows, "latency": latency,

@@ -23,9 +23,11 @@ from scripts.pruning import (
     apply_pruning,
     check_pruning_flags,
     is_pruned,
+    kept_channels,
     load_sparse_state_dict,
     make_permanent,
     prune_channels,
+    pruning_roots,
     pruning_targets,
     save_checkpoint,
     save_sparse_state_dict,
@@ -211,6 +213,69 @@ def test_channel_pruning_gives_a_smaller_net_with_the_same_output_shape(name, tm
     torch.testing.assert_close(fresh.eval()(x), net(x))
 
 
+@pytest.mark.parametrize("out, ratio, round_to, kept", [
+    (16, 0.5, 8, 8), (16, 0.3, 8, 8), (32, 0.3, 8, 24), (64, 0.3, 8, 48), (128, 0.3, 8, 88), (128, 0.3, 1, 90),
+    (16, 0.0, 8, 16), (4, 0.5, 8, 4), (12, 0.9, 8, 8), (19, 0.0, 8, 19), (19, 0.1, 8, 16),
+])
+def test_kept_channels_rounds_to_a_multiple(out, ratio, round_to, kept):
+    assert kept_channels(out, ratio, round_to) == kept
+
+
+def _root_widths(net: nn.Module) -> dict[str, int]:
+    return {name: m.out_channels for name, m in pruning_roots(net, []).items()}
+
+
+def test_channel_rounding_keeps_multiples_of_round_to(tmp_path):
+    net = _randomise(WPUNet(channels=(16, 24, 48), strides=(2, 2), dropout=0.0)).eval()
+    x = torch.rand(2, 1, 32, 32)
+    prune_channels(net, x[:1], ratio=0.3, round_to=8)
+    widths = _root_widths(net)
+    assert widths.pop("decoder.head") == 3
+    assert all(w % 8 == 0 for w in widths.values()), widths
+    assert widths["encoder.stages.2.block.conv2.pointwise"] == 32  # 48 * 0.7 = 33.6 -> 32, not the 34 of round_to=1
+    assert net(x).shape == (2, 3, 32, 32)
+    unrounded = prune_channels(_randomise(WPUNet(channels=(16, 24, 48), strides=(2, 2), dropout=0.0)).eval(),
+                               x[:1], ratio=0.3)
+    assert _root_widths(unrounded)["encoder.stages.2.block.conv2.pointwise"] == 34
+
+
+def test_stage_ratios_prune_only_the_named_stages(tmp_path):
+    net = _randomise(WPUNet(channels=(8, 16, 32), strides=(2, 2), dropout=0.0)).eval()
+    before = _root_widths(net)
+    x = torch.rand(2, 1, 32, 32)
+    # longest prefix wins: encoder.stages.0 at 0.5, but its first conv at 0.75; decoder.stages.1 at 0.5; rest 0
+    prune_channels(net, x[:1], ratio=0.0, stage_ratios={"encoder.stages.0": 0.5, "decoder.stages.1": 0.5,
+                                                         "encoder.stages.0.block.conv1": 0.75})
+    after = _root_widths(net)
+    for name, width in before.items():
+        if name == "encoder.stages.0.block.conv1":
+            expected = width // 4
+        elif name.startswith(("encoder.stages.0.", "decoder.stages.1.")):
+            expected = width // 2
+        else:
+            expected = width
+        assert after[name] == expected, (name, after[name], expected)
+    assert net(x).shape == (2, 3, 32, 32)
+    save_checkpoint(net.state_dict(), tmp_path / "structured.pt")
+    fresh = shrink_to_state_dict(WPUNet(channels=(8, 16, 32), strides=(2, 2), dropout=0.0),
+                                 torch.load(tmp_path / "structured.pt", weights_only=True)["model"])
+    torch.testing.assert_close(fresh.eval()(x), net(x))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ratio": 1.0}, "channel ratio"),
+    ({"stage_ratios": {"encoder.stages.0": 1.5}}, "encoder.stages.0"),
+    ({"stage_ratios": {"encoder.stage.0": 0.5}}, r"match no prunable convolution.*encoder\.stages\.0"),
+    ({"stage_ratios": {"encoder.stages.0": True}}, "encoder.stages.0"),
+    ({"round_to": 0}, "round_to"),
+    ({"round_to": 2.0}, "round_to"),
+])
+def test_bad_channel_pruning_arguments_are_clear_value_errors(kwargs, match):
+    net = _tiny_wpunet()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        prune_channels(net, torch.rand(1, 1, 32, 32), **{"ratio": 0.5, **kwargs})
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # nothing pruned
 
 
 def _check_segmentations(out, phantom_dir, cases):
@@ -220,7 +285,11 @@ def _check_segmentations(out, phantom_dir, cases):
 
 
 @pytest.mark.parametrize("flag, value", [("sparsity", 1.5), ("method", "random"), ("scope", "bias"),
-                                         ("finetune_epochs", -1), ("channel_ratio", "0.5"), ("std_ratio", -1.0)])
+                                         ("finetune_epochs", -1), ("channel_ratio", "0.5"), ("std_ratio", -1.0),
+                                         ("channel_stage_ratios", ["encoder.stages.0"]),
+                                         ("channel_stage_ratios", {"encoder.stages.0": 1.0}),
+                                         ("channel_round_to", 0), ("channel_round_to", "8"),
+                                         ("channel_prune_steps", 0), ("channel_prune_steps", 2)])
 def test_bad_pruning_flags_are_input_errors(flag, value):
     with pytest.raises(InputError, match=f"--(prune_)?{flag}"):
         check_pruning_flags(**{flag: value})
@@ -286,19 +355,71 @@ def test_pruning_workflow_end_to_end(phantom_dir, tiny_weights, tmp_path):
 
 
 @pytest.mark.slow
-def test_structured_pruning_workflow_and_inference(phantom_dir, tiny_weights, tmp_path):
+@pytest.mark.parametrize("flags", [
+    {"channel_ratio": 0.5, "channel_stage_ratios": {}, "channel_round_to": 1},
+    # the per-stage form, passed as on a command line: only encoder stage 0 and decoder stage 1 (full resolution)
+    {"channel_ratio": 0.0, "channel_stage_ratios": "{'encoder.stages.0': 0.5, 'decoder.stages.1': 0.5}",
+     "channel_round_to": 2},
+    # iterative: 2 steps (ratio 0.25, then 0.5 after the first of 2 fine-tuning epochs)
+    {"channel_ratio": 0.5, "channel_stage_ratios": {}, "channel_round_to": 1, "channel_prune_steps": 2,
+     "finetune_epochs": 2},
+])
+def test_structured_pruning_workflow_and_inference(phantom_dir, tiny_weights, tmp_path, flags):
     ckpt = tmp_path / "models"
     ckpt.mkdir()
     shutil.copy(tiny_weights, ckpt / "model.pt")
-    result = run_bundle("pruning_structured", [TRAIN, PRUNE], channel_ratio=0.5, finetune_epochs=1, progress_bar=False,
-                     dataset_dir=str(phantom_dir), num_folds=2, ckpt_dir=str(ckpt), num_workers=0,
-                     output_dir=str(tmp_path / "prune"))
+    result = run_bundle("pruning_structured", [TRAIN, PRUNE], progress_bar=False, dataset_dir=str(phantom_dir),
+                        num_folds=2, ckpt_dir=str(ckpt), num_workers=0, output_dir=str(tmp_path / "prune"),
+                        **{"finetune_epochs": 1, **flags})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "prune" / "structured_pruning_report.json").read_text())
-    assert report["total_params"] < 0.5 * report["params_before"]["total_params"]
-    assert set(report["dice"]) == {"before_pruning", "after_pruning", "after_finetuning"}
+    shapes = report["layer_shapes"]
+    if flags.get("channel_prune_steps", 1) > 1:
+        assert set(report["dice"]) == {"before_pruning", "after_pruning_step_1", "after_finetuning"}
+        assert "channel pruning step 2/2" in result.stderr + result.stdout
+        # the same final widths as one step: ratio 0.5 of (4, 8, 16)
+        assert shapes["encoder.stages.2.block.conv2.pointwise.weight"][0] == 8
+        assert shapes["encoder.stages.0.block.conv2.pointwise.weight"][0] == 2
+    else:
+        assert set(report["dice"]) == {"before_pruning", "after_pruning", "after_finetuning"}
+    if flags["channel_ratio"]:
+        assert report["total_params"] < 0.5 * report["params_before"]["total_params"]
+    else:  # tiny net (4, 8, 16): the full-resolution stages go from 4 to 2 channels, the rest stay
+        assert report["stage_ratios"] == {"encoder.stages.0": 0.5, "decoder.stages.1": 0.5}
+        assert shapes["encoder.stages.0.block.conv2.pointwise.weight"][0] == 2
+        assert shapes["decoder.stages.1.block.conv2.pointwise.weight"][0] == 2
+        assert shapes["encoder.stages.1.block.conv2.pointwise.weight"][0] == 8
+        assert shapes["decoder.head.weight"] == [3, 2, 1, 1]
     out = tmp_path / "inference"
     result = run_bundle("inferring", [INFERENCE, STRUCTURED], input_path=str(phantom_dir / "case_00001"),
                      output_dir=str(out), model_path=str(ckpt / "model_structured.pt"))
     assert result.returncode == 0, result.stderr[-3000:]
     _check_segmentations(out, phantom_dir, ["case_00001"])
+
+
+def test_unknown_stage_prefix_on_the_command_line_stops_before_evaluating(phantom_dir, tiny_weights, tmp_path):
+    ckpt = tmp_path / "models"
+    ckpt.mkdir()
+    shutil.copy(tiny_weights, ckpt / "model.pt")
+    result = run_bundle("pruning_structured", [TRAIN, PRUNE], channel_stage_ratios="{'encoder.stage.0': 0.5}",
+                        dataset_dir=str(phantom_dir), num_folds=2, ckpt_dir=str(ckpt), num_workers=0,
+                        output_dir=str(tmp_path / "prune"), progress_bar=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "--channel_stage_ratios" in result.stderr and "encoder.stages.0" in result.stderr
+    assert "Traceback" not in result.stderr and "val_" not in result.stderr, result.stderr[-3000:]
+
+
+def test_channel_pruning_recipe_overlay_only_sets_prune_json_ids():
+    """configs/prune_channels.json (the measured >= 2x recipe, docs/pruning.md) overrides ids of prune.json only."""
+    from monai.bundle import ConfigParser
+
+    recipe = json.loads((BUNDLE_ROOT / "configs" / "prune_channels.json").read_text())
+    prune = json.loads((BUNDLE_ROOT / "configs" / "prune.json").read_text())
+    assert set(recipe) <= set(prune), set(recipe) - set(prune)
+    parser = ConfigParser()
+    parser.read_config([TRAIN, str(BUNDLE_ROOT / "configs" / "demo.json"), PRUNE,
+                        str(BUNDLE_ROOT / "configs" / "prune_channels.json")])
+    assert parser.get_parsed_content("epochs") == 40 and parser.get_parsed_content("learning_rate") == 0.001
+    assert check_pruning_flags(finetune_epochs=parser["finetune_epochs"], channel_ratio=parser["channel_ratio"],
+                               channel_stage_ratios=parser["channel_stage_ratios"],
+                               channel_round_to=parser["channel_round_to"])

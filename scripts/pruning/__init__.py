@@ -2,7 +2,7 @@
 and the ``run pruning`` workflow driver (``configs/prune.json``)."""
 
 from .storage import load_sparse_state_dict, save_checkpoint, save_sparse_state_dict
-from .structured import load_structured, output_layers, prune_channels, shrink_to_state_dict
+from .structured import kept_channels, load_structured, output_layers, prune_channels, pruning_roots, root_ratios, shrink_to_state_dict
 from .workflow import check_pruning_flags, evaluate_dice, format_report_table, load_weights, run_pruning, run_structured_pruning
 from .unstructured import (
     METHODS,
@@ -24,11 +24,14 @@ __all__ = [
     "evaluate_dice",
     "format_report_table",
     "is_pruned",
+    "kept_channels",
     "load_sparse_state_dict",
     "load_structured",
     "load_weights",
     "output_layers",
     "prune_channels",
+    "pruning_roots",
+    "root_ratios",
     "make_permanent",
     "pruning_targets",
     "run_pruning",
