@@ -215,13 +215,13 @@ def main(argv=None):
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d_%H%M")
     out = results_dir / f"partition_{stamp}{('_' + args.tag) if args.tag else ''}.json"
-    from scripts.atomic import atomic_write_text
+    from scripts.atomic import atomic_write_text, replace_marked_block
 
     atomic_write_text(out, json.dumps(record, indent=1))
     print(markdown(record))
     print(f"wrote {out}")
     if args.docs:
-        _update_docs(Path(args.docs), markdown(record))
+        replace_marked_block(Path(args.docs), BEGIN, END, markdown(record), append_if_missing=False)
     return record
 
 
@@ -296,15 +296,6 @@ def edge_server_model(record, bandwidths_mbit=(100, 1000, 10000), server_speedup
     return "\n".join(lines)
 
 
-def _update_docs(path: Path, table: str) -> None:
-    from scripts.atomic import atomic_write_text
-
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path}: markers {BEGIN} / {END} not found")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    atomic_write_text(path, f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
 
 if __name__ == "__main__":

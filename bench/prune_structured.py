@@ -31,7 +31,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import statistics
 import sys
@@ -45,7 +44,7 @@ sys.path.insert(0, str(BUNDLE_ROOT))
 sys.path.insert(0, str(BUNDLE_ROOT / "bench"))
 
 from prune_sweep import DEMO, EVALUATE, PRUNE, STRUCTURED, TRAIN, bundle, time_per_slice  # noqa: E402
-from scripts.atomic import atomic_write_text  # noqa: E402
+from scripts.atomic import atomic_write_text, replace_marked_block  # noqa: E402
 from scripts.phantoms import generate_dataset  # noqa: E402
 
 # configs/prune_channels.json's setting (its fine-tuning comes from --finetune-epochs / --finetune-lr)
@@ -104,15 +103,6 @@ def markdown(rows: list[dict]) -> str:
                      f"{r['ms_256']:.2f} ({r['speedup_256']:.2f}x) | {r['val_kidney']:.3f} | {r['val_tumour']:.3f} | "
                      f"{diff('kidney')} | {diff('tumour')} |")
     return "\n".join(lines)
-
-
-def replace_between_markers(path: Path, block: str) -> None:
-    text = path.read_text()
-    start, end = MARKERS
-    if start not in text or end not in text:
-        sys.exit(f"{path}: markers {MARKERS} not found; table not written")
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    atomic_write_text(path, pattern.sub(lambda _m: f"{start}\n{block}\n{end}", text))
 
 
 def main() -> None:
@@ -250,7 +240,7 @@ def main() -> None:
                      + ",".join(f"{values['dense'] / values[m]:.3f}" for m in models if m != "dense") + "\n")
     atomic_write_text(docs / "pruning_latency.csv", header + buffer.getvalue())
     block = markdown(table)
-    replace_between_markers(docs / "pruning.md", block)
+    replace_marked_block(docs / "pruning.md", *MARKERS, block, append_if_missing=False)
     result = {"synthetic": True, "args": vars(args), "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "torch": torch.__version__,
               "dense_base_test": {k: base_test["test"][k] for k in ("kidney", "tumour")},

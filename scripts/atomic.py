@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["publish", "atomic_write", "atomic_write_text"]
+__all__ = ["publish", "atomic_write", "atomic_write_text", "replace_marked_block"]
 
 
 def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -54,3 +54,21 @@ def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_marked_block(path: str | os.PathLike, begin: str, end: str, body: str, append_if_missing: bool = True,
+                         title: str = "") -> None:
+    """Put ``begin``, ``body``, ``end`` (one per line) in place of the marked block of the text file ``path``,
+    keeping the text around it, atomically. Without the markers the block is appended (after ``title`` for a new
+    file), or, with ``append_if_missing=False``, ``ValueError`` names the file and the markers."""
+    path = Path(path)
+    block = f"{begin}\n{body}\n{end}"
+    text = path.read_text() if path.is_file() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    elif not append_if_missing:
+        raise ValueError(f"{path}: markers {begin} / {end} not found; nothing written")
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text else title) + block + "\n"
+    atomic_write_text(path, text)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, replace_marked_block
 from .networks import count_parameters
 from .partitioning import (
     TABLE2_PREFIX_ENDS,
@@ -143,20 +143,6 @@ def _table2_markdown(rows: list[dict], algorithm_one: dict[str, list[tuple[int, 
     return lines
 
 
-def _write_markdown(path: Path, generated: list[str]) -> None:
-    block = "\n".join([BEGIN, *generated, END])
-    if path.exists():
-        text = path.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            text = head + block + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        text = "# UNet-P partitioning (generated)\n\n" + block + "\n"
-    atomic_write_text(path, text)
-
-
 def write_report(
     networks: Sequence[dict],
     table2_network: nn.Module,
@@ -208,5 +194,6 @@ def write_report(
     ]
     atomic_write_text(out / "partitioning.csv", _csv(partitions, PARTITION_COLUMNS))
     atomic_write_text(out / "unet_p_table2.csv", _csv(table2, TABLE2_COLUMNS))
-    _write_markdown(out / "partitioning.md", generated)
+    replace_marked_block(out / "partitioning.md", BEGIN, END, "\n".join(generated),
+                         title="# UNet-P partitioning (generated)\n\n")
     return {"partitions": partitions, "table2": table2}

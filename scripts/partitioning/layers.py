@@ -78,6 +78,15 @@ def _level_name(level: int, depth: int) -> str:
     return "bottleneck" if level == depth else f"enc{level}"
 
 
+def _add_separable_block(b, prefix: str, block: nn.Module) -> None:
+    """The layers of one ``SeparableBlock``: two separable convs with their activations, the norm, the dropout."""
+    b.add(f"{prefix}_conv1", nn.Sequential(block.conv1, block.act1))
+    b.add(f"{prefix}_conv2", nn.Sequential(block.conv2, block.act2))
+    b.add(f"{prefix}_norm", block.norm)
+    if not _is_identity(block.dropout):
+        b.add(f"{prefix}_dropout", block.dropout)
+
+
 def _separable_layers(network: SeparableUNet) -> list[Layer]:
     """WP-UNet / SD-UNet: per block conv1+act, conv2+act, norm, dropout (if any); per up-path: upsample, conv+act,
     norm (if any), concat ``[skip, up]`` (``SeparableDecoderStage.forward`` order); the head."""
@@ -88,12 +97,7 @@ def _separable_layers(network: SeparableUNet) -> list[Layer]:
         prefix = _level_name(level, depth)
         if not _is_identity(stage.pool):
             b.add(f"pool{level - 1}", stage.pool)
-        block = stage.block
-        b.add(f"{prefix}_conv1", nn.Sequential(block.conv1, block.act1))
-        b.add(f"{prefix}_conv2", nn.Sequential(block.conv2, block.act2))
-        b.add(f"{prefix}_norm", block.norm)
-        if not _is_identity(block.dropout):
-            b.add(f"{prefix}_dropout", block.dropout)
+        _add_separable_block(b, prefix, stage.block)
         skips.append(b.current)
     skips.pop()  # the bottleneck output feeds the decoder, it is not a skip
     for i, stage in enumerate(network.decoder.stages):
@@ -104,12 +108,7 @@ def _separable_layers(network: SeparableUNet) -> list[Layer]:
         if not _is_identity(up.norm):
             upped = b.add(f"up{level}_norm", up.norm)
         b.add(f"concat{level}", Concat(), (skips.pop(), upped))
-        block = stage.block
-        b.add(f"dec{level}_conv1", nn.Sequential(block.conv1, block.act1))
-        b.add(f"dec{level}_conv2", nn.Sequential(block.conv2, block.act2))
-        b.add(f"dec{level}_norm", block.norm)
-        if not _is_identity(block.dropout):
-            b.add(f"dec{level}_dropout", block.dropout)
+        _add_separable_block(b, f"dec{level}", stage.block)
     head = network.decoder.head
     if isinstance(head, nn.Sequential):  # SD-UNet: separable conv + act, then the 1x1 conv
         b.add("head_conv", nn.Sequential(head[0], head[1]))
