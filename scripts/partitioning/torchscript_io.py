@@ -14,14 +14,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..atomic import publish
+from ..atomic import atomic_write
 from ..errors import InputError
 
 __all__ = ["META_NAME", "partition_path", "weights_fingerprint", "compile_submodel", "export_partitions",
@@ -88,14 +87,8 @@ def export_partitions(submodels: Sequence[nn.Module], partitions_dir: str | os.P
                 "output_names": list(sub.output_names), "compiled_with": how, "fingerprint": fingerprint,
                 "example_shape": list(example_shape)}
         path = partition_path(out_dir, model_name, index, count)
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".ts")
-        os.close(fd)
-        try:
-            torch.jit.save(compiled, tmp, _extra_files={META_NAME: json.dumps(meta)})
-            publish(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: torch.jit.save(compiled, tmp, _extra_files={META_NAME: json.dumps(meta)}),
+                     suffix=".ts")
         paths.append(path)
         with torch.no_grad():
             tensors = _as_tuple(sub(*tensors))
@@ -103,15 +96,8 @@ def export_partitions(submodels: Sequence[nn.Module], partitions_dir: str | os.P
 
 
 def read_partition_meta(source: str | os.PathLike | bytes) -> dict:
-    """The ``partition.json`` metadata of a partition file (path or bytes), without loading its module."""
-    files = {META_NAME: ""}
-    try:
-        torch.jit.load(_as_stream(source), map_location="cpu", _extra_files=files)
-    except Exception as exc:
-        raise InputError(f"{_describe(source)}: not a readable TorchScript partition ({_first_line(exc)})") from None
-    if not files[META_NAME]:
-        raise InputError(f"{_describe(source)}: TorchScript file without {META_NAME}; re-export the partitions")
-    return json.loads(files[META_NAME])
+    """The ``partition.json`` metadata of a partition file (path or bytes); see :func:`load_partition`."""
+    return load_partition(source)[1]
 
 
 def partitions_up_to_date(partitions_dir: str | os.PathLike, model_name: str, count: int, fingerprint: str) -> bool:
