@@ -43,7 +43,14 @@ def _plane(image: np.ndarray, label: np.ndarray, label_affine: np.ndarray, image
     voxels = np.zeros((grid[0].size, 3))
     voxels[:, free[0]], voxels[:, free[1]], voxels[:, axis] = grid[0].ravel(), grid[1].ravel(), position
     labels = _sample_label(label, label_affine, image_affine, voxels).reshape(grid[0].shape)
-    return np.take(image, position, axis=axis), labels
+    return _unit_range(np.take(image, position, axis=axis)), labels
+
+
+def _unit_range(plane: np.ndarray) -> np.ndarray:
+    """A plane of the network input as float64 in [0, 1]; uint8 planes (0..255) are rescaled."""
+    if plane.dtype == np.uint8:
+        return plane / 255.0
+    return np.asarray(plane, dtype=np.float64)
 
 
 def _tile(gray: np.ndarray, labels: np.ndarray, colors: Mapping[int, tuple[int, int, int]],
@@ -68,7 +75,8 @@ def render_preview(image: np.ndarray, image_affine: np.ndarray, label: np.ndarra
     """``num_axial`` axial tiles through the labelled slices (or the middle of the scan) and a coronal tile.
 
     Args:
-        image: network input in ``[0, 1]`` (x, y, z), RAS-oriented (the bundle's pre-processing).
+        image: network input in ``[0, 1]`` (x, y, z), RAS-oriented (the bundle's pre-processing); uint8 means
+            0..255 for 0..1.
         image_affine: its voxel-to-world (RAS) affine.
         label: label map (x, y, z) in any grid of the same scan.
         label_affine: its voxel-to-world (RAS) affine.
@@ -76,14 +84,16 @@ def render_preview(image: np.ndarray, image_affine: np.ndarray, label: np.ndarra
     Returns:
         an RGB image ``(num_axial + 1) * TILE`` wide and ``TILE`` high.
     """
-    image = np.asarray(image, dtype=np.float64)
+    image = np.asarray(image)  # planes are converted one at a time (_plane): no float copy of the volume
     colors = {value: segment_style(name).color for name, value in label_names.items()}
     spacing = np.linalg.norm(np.asarray(image_affine, dtype=np.float64)[:3, :3], axis=0)
     depth = image.shape[2]
     # the foreground's bounding box, mapped from label voxels to image slices
-    fg = np.argwhere(label > 0)
-    if fg.size:
-        lo, hi = fg.min(axis=0), fg.max(axis=0)
+    # per-axis reductions: np.argwhere would make an int64 copy of every foreground voxel (GBs for a large mask)
+    extents = [np.flatnonzero(np.any(label, axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    has_foreground = all(e.size for e in extents)
+    if has_foreground:
+        lo, hi = np.array([e[0] for e in extents]), np.array([e[-1] for e in extents])
         corners = np.array([[c[i][a] for a, i in enumerate(bits)] for c in [(lo, hi)]
                             for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
         to_image = np.linalg.inv(image_affine) @ label_affine
@@ -100,7 +110,7 @@ def render_preview(image: np.ndarray, image_affine: np.ndarray, label: np.ndarra
         tiles.append(_tile(gray.T[::-1, ::-1], labels.T[::-1, ::-1], colors, spacing[1] / spacing[0], alpha))
     # coronal plane through the foreground's centre (or the middle), rows superior-first
     y = image.shape[1] // 2
-    if fg.size:
+    if has_foreground:
         _, labels = _plane(image, label, label_affine, image_affine, axis=2, position=int((low + high) // 2))
         hits = np.flatnonzero(labels.any(axis=0))
         y = int(np.median(hits)) if hits.size else y

@@ -20,6 +20,7 @@ import torch.nn as nn
 from ignite.engine import Events
 
 from ..atomic import atomic_write_text
+from ..checkpoint import load_weights
 from ..errors import InputError
 from .storage import save_checkpoint, save_sparse_state_dict
 from .structured import kept_channels, prune_channels, root_ratios
@@ -72,22 +73,6 @@ def check_pruning_flags(method: str = "magnitude", sparsity: float = 0.5, scope:
     if isinstance(std_ratio, bool) or not isinstance(std_ratio, (int, float)) or std_ratio < 0:
         raise InputError(f"--std_ratio: expected a number >= 0, got {std_ratio!r}")
     return True
-
-
-def load_weights(network: nn.Module, path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
-    """Load ``{"model": state_dict}`` (or a bare state dict) from ``path`` into ``network`` (``weights_only``)."""
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError, EOFError) as err:
-        raise InputError(f"{path}: cannot read trained weights ({err})") from None
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1].strip()
-        raise InputError(f"{path}: weights do not fit the configured network_def ({first}); pass the same "
-                         "network overlay (e.g. configs/demo.json) that trained them") from None
-    return network
 
 
 def evaluate_dice(evaluator) -> dict[str, float]:

@@ -1,0 +1,253 @@
+"""Streaming slice-by-slice inference for the 2D networks: a whole CT in bounded memory.
+
+Same result as the MONAI pipeline of ``configs/inference.json`` (``Orientationd`` RAS -> ``ScaleIntensityRanged``
+-> ``Resized`` area -> ``SliceInferer`` -> argmax -> ``KeepLargestConnectedComponentd`` -> ``Invertd`` nearest),
+computed in a different order so that nothing of full resolution is ever held in float:
+
+1. the CT is read as stored (:func:`scripts.ct_reader.read_ct`: ``int16``, no float copy);
+2. the RAS orientation is a *view* of that array (flips and a transpose, :func:`nibabel.orientations.apply_orientation`),
+   the same axis mapping ``Orientationd`` computes;
+3. slice batches are windowed, area-resized to the network size, run through the network
+   (:mod:`scripts.fast_path`) and reduced to uint8 labels at model resolution straight away;
+4. the largest connected components are kept on that small uint8 volume (MONAI's transform, as in the config);
+5. labels go back batch by batch (nearest, uint8) into a uint8 volume in the input's own axes, through the same
+   orientation view, and the writer saves it in the input's geometry.
+
+Peak memory is the stored CT (2 bytes a voxel for ``int16``), the uint8 output (1 byte a voxel), a uint8 copy of the
+network input at model resolution for the preview, and one slice batch; see ``docs/performance.md``.
+Slices without a voxel above the HU window's lower bound (no body: air, table) are labelled background
+without running the network (``skip_empty_slices``). The next case is read in a thread while the network runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.transforms import KeepLargestConnectedComponent
+
+from .atomic import atomic_write_text
+from .checkpoint import load_weights
+from .ct_reader import LoadedCT, read_ct
+from .validation import check_weights_file
+
+__all__ = ["StreamingSegmenter", "is_3d_network", "network_with_weights", "ras_orientation", "model_grid_affine"]
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("read", "preprocess", "network", "lcc", "resample", "write")
+
+
+def ras_orientation(affine: np.ndarray) -> np.ndarray:
+    """The nibabel orientation transform from the array's axes to RAS (what MONAI's ``Orientation`` applies)."""
+    return nib.orientations.ornt_transform(nib.io_orientation(affine), nib.orientations.axcodes2ornt("RAS"))
+
+
+def model_grid_affine(affine: np.ndarray, shape: Sequence[int], ornt: np.ndarray,
+                      slice_size: Sequence[int]) -> np.ndarray:
+    """Voxel-to-world affine of the model-resolution RAS grid (area resize of the first two RAS axes)."""
+    ras_affine = affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+    ras_shape = nib.orientations.apply_orientation(np.empty(shape, dtype=bool), ornt).shape
+    scale = np.eye(4)
+    for axis in range(2):
+        step = ras_shape[axis] / slice_size[axis]
+        scale[axis, axis] = step
+        scale[axis, 3] = (step - 1.0) / 2.0  # centres of the resized voxels, as align_corners=False
+    return ras_affine @ scale
+
+
+def is_3d_network(network: torch.nn.Module) -> bool:
+    """True for a network with 3D convolutions (Pocket U-Net 3D): those run through MONAI's sliding window."""
+    return any(isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)) for m in network.modules())
+
+
+def network_with_weights(network: torch.nn.Module, model_path: str | Path, device: torch.device | str,
+                         backend: str = "torch") -> torch.nn.Module:
+    """``network`` with the trained weights of ``model_path`` loaded (torch backend; ONNX Runtime has its own)."""
+    if backend != "torch":
+        return network
+    check_weights_file(model_path)
+    return load_weights(network, model_path, device)
+
+
+def _predict_fp32(network: Callable, batch: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return network(batch).float().max(dim=1).indices.to(torch.uint8).cpu()
+
+
+class StreamingSegmenter:
+    """Segment CT files slice batch by slice batch (2D networks); see the module docstring for the steps.
+
+    Args:
+        network: a 2D network taking (B, 1, H, W) and returning (B, num_classes, H, W) logits, weights loaded
+            (a torch module, or :class:`scripts.onnx_export.OnnxRuntimeNetwork`).
+        device: where the network runs.
+        hu_window: HU range mapped to [0, 1] and clipped (``hu_window`` of the config).
+        slice_size: the network's in-plane input size.
+        num_classes: network outputs (3: background, kidney, tumour; 4 with cyst).
+        lcc_enabled: keep the ``lcc_num_components`` largest components of all foreground labels together.
+        fast_path: a :class:`scripts.fast_path.FastPath` (precision, memory format, folding, batch size); ``None``
+            runs the network as given in fp32 with batches of ``chunk_slices``.
+        skip_empty_slices: slices with nothing above ``hu_window[0]`` become background without the network.
+        chunk_slices: slices read, windowed and resampled together (bounded memory, vectorised work).
+    """
+
+    def __init__(self, network: torch.nn.Module, device: torch.device | str = "cpu",
+                 hu_window: Sequence[float] = (-79, 304), slice_size: Sequence[int] = (256, 256),
+                 num_classes: int = 3, lcc_enabled: bool = True, lcc_num_components: int = 2,
+                 fast_path=None, skip_empty_slices: bool = True, chunk_slices: int = 16) -> None:
+        self.device = torch.device(device)
+        self.fast_path = fast_path
+        if fast_path is not None:
+            from .fast_path import prepare_network
+
+            network = prepare_network(network, self.device, fast_path, example_shape=(1, 1, *slice_size))
+        elif isinstance(network, torch.nn.Module):
+            network = network.eval()
+        self.network = network
+        self.hu_window = (float(hu_window[0]), float(hu_window[1]))
+        self.slice_size = (int(slice_size[0]), int(slice_size[1]))
+        self.num_classes = int(num_classes)
+        self.lcc = (KeepLargestConnectedComponent(applied_labels=list(range(1, self.num_classes)), independent=False,
+                                                  num_components=int(lcc_num_components)) if lcc_enabled else None)
+        self.skip_empty_slices = bool(skip_empty_slices)
+        batch = fast_path.sw_batch_size if fast_path is not None else chunk_slices
+        self.batch_size = max(1, int(batch))
+        self.chunk_slices = max(int(chunk_slices), self.batch_size)
+        self.timings: dict = {}
+
+    # -- one case ---------------------------------------------------------------------------------------------
+    def segment_file(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+        """Read ``path`` and return (uint8 labels in the input's voxel grid, the input's affine)."""
+        start = time.perf_counter()
+        ct = read_ct(path)
+        read_s = time.perf_counter() - start
+        label, _ = self.segment(ct)
+        self.timings["read"] = read_s
+        self.timings["total"] = time.perf_counter() - start
+        return label, ct.affine
+
+    def segment(self, ct: LoadedCT) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (uint8, ``ct.voxels``' shape and axes) and the model-resolution uint8 image used for previews."""
+        timings = dict.fromkeys(STAGES, 0.0)
+        ornt = ras_orientation(ct.affine)
+        ras = nib.orientations.apply_orientation(ct.voxels, ornt)  # a view: flips + transpose
+        depth = ras.shape[2]
+        model_labels = np.zeros((*self.slice_size, depth), dtype=np.uint8)
+        preview = np.zeros((*self.slice_size, depth), dtype=np.uint8)
+        skipped = 0
+        for z0 in range(0, depth, self.chunk_slices):
+            z1 = min(depth, z0 + self.chunk_slices)
+            t0 = time.perf_counter()
+            image = self._preprocess(ct, ras[:, :, z0:z1])  # (k, 1, H, W) in [0, 1]
+            preview[:, :, z0:z1] = (image[:, 0] * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+            has_body = image.flatten(1).amax(dim=1) > 0 if self.skip_empty_slices else torch.ones(z1 - z0, dtype=bool)
+            t1 = time.perf_counter()
+            labels = torch.zeros((z1 - z0, *self.slice_size), dtype=torch.uint8)
+            body = torch.nonzero(has_body).flatten()
+            skipped += (z1 - z0) - len(body)
+            for b0 in range(0, len(body), self.batch_size):
+                index = body[b0:b0 + self.batch_size]
+                labels[index] = self._predict(image[index])
+            model_labels[:, :, z0:z1] = labels.permute(1, 2, 0).numpy()
+            timings["preprocess"] += t1 - t0
+            timings["network"] += time.perf_counter() - t1
+        t0 = time.perf_counter()
+        if self.lcc is not None:
+            model_labels = np.asarray(self.lcc(torch.from_numpy(model_labels)[None])[0], dtype=np.uint8)
+        t1 = time.perf_counter()
+        label = self._back_to_input_grid(model_labels, ct.voxels.shape, ornt)
+        timings["lcc"], timings["resample"] = t1 - t0, time.perf_counter() - t1
+        timings.update(slices=depth, skipped_slices=skipped,
+                       fast_path=self.fast_path.describe() if self.fast_path is not None else "fp32 (as given)")
+        self.timings = timings
+        return label, preview
+
+    def _preprocess(self, ct: LoadedCT, block: np.ndarray) -> torch.Tensor:
+        """HU window to [0, 1] (clipped), then area resize in-plane: ``ScaleIntensityRanged`` + ``Resized``."""
+        low, high = self.hu_window
+        hu = torch.from_numpy(ct.hounsfield(np.ascontiguousarray(block.transpose(2, 0, 1))))  # (k, X, Y)
+        image = ((hu - low) / (high - low)).clamp_(0.0, 1.0)[:, None]
+        if tuple(image.shape[-2:]) != self.slice_size:
+            image = F.interpolate(image, size=self.slice_size, mode="area")
+        return image
+
+    def _predict(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.fast_path is None:
+            return _predict_fp32(self.network, batch.to(self.device))
+        from .fast_path import predict_labels
+
+        return predict_labels(self.network, batch, self.fast_path)
+
+    def _back_to_input_grid(self, model_labels: np.ndarray, shape: Sequence[int], ornt: np.ndarray) -> np.ndarray:
+        """Nearest-neighbour uint8 upsampling, batch by batch, written through the orientation view."""
+        label = np.zeros(shape, dtype=np.uint8)
+        target = nib.orientations.apply_orientation(label, ornt)  # a view of ``label``
+        size = target.shape[:2]
+        for z0 in range(0, model_labels.shape[2], self.chunk_slices):
+            z1 = min(model_labels.shape[2], z0 + self.chunk_slices)
+            block = torch.from_numpy(np.ascontiguousarray(model_labels[:, :, z0:z1].transpose(2, 0, 1)))[:, None]
+            if tuple(block.shape[-2:]) != tuple(size):
+                block = F.interpolate(block, size=size, mode="nearest")
+            target[:, :, z0:z1] = block[:, 0].permute(1, 2, 0).numpy()
+        return label
+
+    # -- many cases --------------------------------------------------------------------------------------------
+    def run(self, datalist: Iterable[Mapping[str, str]], writer: Callable | None = None, prefetch: bool = True,
+            timings_path: str | Path = "") -> list[dict]:
+        """Segment every ``{"image": path}`` of ``datalist``; ``writer`` gets MONAI-style ``{"image", "pred"}`` dicts.
+
+        The next case is read in a background thread while the current one runs (``prefetch``). Returns the
+        per-case stage timings (also written to ``timings_path`` as JSON when given).
+        """
+        items = [dict(item) for item in datalist]
+        results: list[dict] = []
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending: Future | None = pool.submit(_timed_read, items[0]["image"]) if items else None
+            for index, item in enumerate(items):
+                wait0 = time.perf_counter()
+                ct, read_s = pending.result()
+                waited = time.perf_counter() - wait0
+                nxt = index + 1
+                pending = pool.submit(_timed_read, items[nxt]["image"]) if prefetch and nxt < len(items) else None
+                start = time.perf_counter()
+                label, preview = self.segment(ct)
+                t0 = time.perf_counter()
+                if writer is not None:
+                    writer(self._writer_input(ct, label, preview))
+                timings = self.timings
+                timings["write"] = time.perf_counter() - t0
+                timings.update(case=ct.source, read=read_s, read_wait=waited,
+                               total=time.perf_counter() - start + waited)
+                logger.info("%s: %d slices (%d without body skipped) in %.2f s [%s] - %s", ct.source,
+                            timings["slices"], timings["skipped_slices"], timings["total"], timings["fast_path"],
+                            ", ".join(f"{k} {timings[k]:.2f} s" for k in STAGES))
+                results.append(timings)
+                del ct, label, preview
+                if not prefetch and nxt < len(items):
+                    pending = pool.submit(_timed_read, items[nxt]["image"])
+        if timings_path:
+            atomic_write_text(Path(timings_path), json.dumps(results, indent=2))
+        return results
+
+    def _writer_input(self, ct: LoadedCT, label: np.ndarray, preview: np.ndarray) -> dict:
+        """What :class:`scripts.writers.SaveSegmentationd` reads: the case's metadata and the input-grid label."""
+        ornt = ras_orientation(ct.affine)
+        meta = {"filename_or_obj": ct.source, "original_affine": ct.affine, "spatial_shape": np.asarray(ct.shape),
+                "affine": torch.as_tensor(model_grid_affine(ct.affine, ct.shape, ornt, self.slice_size))}
+        image = MetaTensor(torch.from_numpy(preview)[None], meta=meta)
+        return {"image": image, "pred": label}
+
+
+def _timed_read(path: str) -> tuple[LoadedCT, float]:
+    start = time.perf_counter()
+    return read_ct(path), time.perf_counter() - start

@@ -1,0 +1,188 @@
+"""The streaming segmenter (scripts/streaming.py) gives the MONAI pipeline's answer in bounded memory.
+
+The reference is the config's own MONAI path (``--streaming False``: ``Orientationd`` -> ``ScaleIntensityRanged`` ->
+``Resized`` -> ``SliceInferer`` -> ``KeepLargestConnectedComponentd`` -> ``Invertd``), run on the same files with the
+same weights; the streamed labels must match it voxel for voxel in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from scripts.ct_reader import LoadedCT, read_ct
+from scripts.errors import InputError
+from scripts.networks import PocketUNet, WPUNet
+from scripts.phantoms import generate_phantom, write_kits_case
+from scripts.streaming import StreamingSegmenter, is_3d_network, model_grid_affine, ras_orientation
+from test_inference_geometry import ThresholdNet, run_inference, save_nifti, synthetic_case
+
+FP32 = {"precision": "fp32", "channels_last": False, "fold_batchnorm": False, "compile": "none"}
+
+
+def _read_label(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+class PerturbedThresholdNet(torch.nn.Module):
+    """ThresholdNet's one-hot answer plus the logits of a random tiny WP-UNet (content-dependent, with BatchNorm
+    and depthwise convolutions): labels follow the anatomy, with ragged edges and small components for LCC."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.unet = WPUNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8, 16), strides=(2, 2))
+        self.threshold = ThresholdNet()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.threshold(x) + 0.3 * self.unet(x)
+
+
+@pytest.fixture(scope="module")
+def perturbed_weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("perturbed") / "model.pt"
+    torch.save({"model": PerturbedThresholdNet().state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["case_00000", "case_00001"])  # one stored like KiTS (IPL), one RAS
+def test_streaming_equals_monai_pipeline(tmp_path, phantom_dir, perturbed_weights, case):
+    image = phantom_dir / case / "imaging.nii.gz"
+    run_inference(image, tmp_path / "monai", perturbed_weights, PerturbedThresholdNet(), streaming=False, preview=False)
+    run_inference(image, tmp_path / "stream", perturbed_weights, PerturbedThresholdNet(), preview=False,
+                  skip_empty_slices=False, **FP32)
+    reference, streamed = _read_label(tmp_path / "monai" / f"{case}.nii.gz"), _read_label(tmp_path / "stream" / f"{case}.nii.gz")
+    assert reference.shape == streamed.shape == nib.load(str(image)).shape
+    assert set(np.unique(reference)) == {0, 1, 2}
+    np.testing.assert_array_equal(streamed, reference)
+    volumes = [json.loads((tmp_path / d / f"{case}_volumes.json").read_text()) for d in ("monai", "stream")]
+    assert volumes[0]["kidney_ml"] == volumes[1]["kidney_ml"] and volumes[0]["tumor_ml"] == volumes[1]["tumor_ml"]
+
+
+def test_auto_fast_path_agrees_with_fp32(tmp_path, phantom_dir, perturbed_weights):
+    """Whatever the automatic path picks on this machine (bf16, channels_last, folding), labels stay put."""
+    image = phantom_dir / "case_00002" / "imaging.nii.gz"
+    run_inference(image, tmp_path / "fp32", perturbed_weights, PerturbedThresholdNet(), preview=False, **FP32)
+    run_inference(image, tmp_path / "auto", perturbed_weights, PerturbedThresholdNet(), preview=False,
+                  timings_path=str(tmp_path / "t.json"))
+    fp32, auto = (_read_label(tmp_path / d / "case_00002.nii.gz") for d in ("fp32", "auto"))
+    assert (fp32 == auto).mean() >= 0.99
+    timings = json.loads((tmp_path / "t.json").read_text())
+    axial_axis = [code in "SI" for code in nib.aff2axcodes(nib.load(str(image)).affine)].index(True)
+    assert len(timings) == 1 and timings[0]["slices"] == fp32.shape[axial_axis]
+    assert {"read", "preprocess", "network", "lcc", "resample", "write", "total", "fast_path"} <= set(timings[0])
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "IPL", "LPS"])
+def test_orientation_and_resize_exact(tmp_path, axcodes):
+    """ThresholdNet through the segmenter equals the MONAI path on inputs that need flips, a transpose and a
+    non-integer area resize (71 x 90 in-plane -> 64 x 64)."""
+    stored, affine = synthetic_case(axcodes)
+    scan = save_nifti(tmp_path / "scan.nii.gz", stored, affine)
+    weights = tmp_path / "model.pt"
+    torch.save({"model": ThresholdNet().state_dict()}, weights)
+    run_inference(scan, tmp_path / "monai", weights, ThresholdNet(), streaming=False, preview=False)
+    segmenter = StreamingSegmenter(ThresholdNet(), hu_window=(-79, 304), slice_size=(64, 64), skip_empty_slices=False)
+    label, out_affine = segmenter.segment_file(scan)
+    reference = _read_label(tmp_path / "monai" / "scan.nii.gz")
+    assert label.dtype == np.uint8 and label.shape == stored.shape
+    assert set(np.unique(reference)) == {0, 1, 2}
+    np.testing.assert_array_equal(label, reference)
+    np.testing.assert_allclose(out_affine, nib.load(str(scan)).affine)
+
+
+class _CountingNet(torch.nn.Module):
+    """ThresholdNet that counts the slices it is asked about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.slices = ThresholdNet(), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.slices += x.shape[0]
+        return self.inner(x)
+
+
+def test_skip_empty_slices():
+    ras = np.full((40, 40, 12), -1000, np.int16)  # air everywhere...
+    ras[10:30, 10:30, 4:9] = 200  # ...a body only on slices 4..8
+    ct = LoadedCT("air.nii.gz", ras, np.diag([1.0, 1.0, 2.0, 1.0]))
+    net = _CountingNet()
+    segmenter = StreamingSegmenter(net, slice_size=(32, 32), lcc_enabled=False, skip_empty_slices=True)
+    label, _ = segmenter.segment(ct)
+    assert net.slices == 5 and segmenter.timings["skipped_slices"] == 7
+    assert label[:, :, :4].max() == 0 and label[:, :, 9:].max() == 0 and label[:, :, 4:9].max() > 0
+    net.slices = 0
+    full, _ = StreamingSegmenter(net, slice_size=(32, 32), lcc_enabled=False, skip_empty_slices=False).segment(ct)
+    assert net.slices == 12
+    np.testing.assert_array_equal(full, label)  # ThresholdNet labels air slices background anyway
+
+
+def test_no_full_resolution_float_copy():
+    """numpy allocations while segmenting stay near the uint8 output: no float32 (4 B/voxel) volume is made."""
+    shape = (256, 256, 64)
+    ct = LoadedCT("big.nii.gz", np.full(shape, -1000, np.int16), np.eye(4))
+    ct.voxels[60:200, 60:200, :] = 100
+    segmenter = StreamingSegmenter(ThresholdNet(), slice_size=(64, 64), chunk_slices=8)
+    tracemalloc.start()
+    try:
+        label, _ = segmenter.segment(ct)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    output_bytes = label.nbytes
+    slab_bytes = 256 * 256 * 8 * 4  # one float32 chunk of 8 slices
+    assert peak < output_bytes + 4 * slab_bytes, (peak, output_bytes)
+    assert peak < 4 * int(np.prod(shape)) / 2  # far below a float32 copy of the volume
+
+
+def test_model_grid_affine_maps_centres():
+    affine = np.array([[0.8, 0, 0, -100.0], [0, 0.8, 0, -80.0], [0, 0, 3.0, 10.0], [0, 0, 0, 1]])
+    grid = model_grid_affine(affine, (512, 512, 10), ras_orientation(affine), (256, 256))
+    # resized voxel 0 covers input voxels 0 and 1: its centre is input voxel 0.5
+    np.testing.assert_allclose(grid @ [0, 0, 0, 1], affine @ [0.5, 0.5, 0, 1])
+    np.testing.assert_allclose(grid[:3, :3], np.diag([1.6, 1.6, 3.0]))
+
+
+def test_scaled_float_and_nan_inputs(tmp_path):
+    data = np.full((30, 30, 6), -1000.0, np.float32)
+    data[5:25, 5:25] = 150.0
+    image = nib.Nifti1Image((data + 1024.0) / 2.0, np.eye(4))  # stored scaled: HU = 2 * v - 1024
+    image.header.set_slope_inter(2.0, -1024.0)
+    nib.save(image, str(tmp_path / "scaled.nii.gz"))
+    ct = read_ct(tmp_path / "scaled.nii.gz")
+    np.testing.assert_allclose(ct.hounsfield(ct.voxels), data, atol=1e-3)
+    data[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "nan.nii.gz"))
+    with pytest.raises(InputError, match=r"nan\.nii\.gz: contains 1 NaN voxels"):
+        read_ct(tmp_path / "nan.nii.gz")
+
+
+def test_run_writes_every_case_with_prefetch(tmp_path):
+    for index in range(3):
+        image, label, affine = generate_phantom(seed=index, in_plane_size=64, slice_thickness=5.0)
+        write_kits_case(tmp_path / "data", index, image, label, affine, storage="kits" if index % 2 else "ras")
+    items = [{"image": str(tmp_path / "data" / f"case_{i:05d}" / "imaging.nii.gz")} for i in range(3)]
+    written = []
+    torch.manual_seed(0)
+    net = WPUNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8), strides=(2,))
+    results = StreamingSegmenter(net, slice_size=(32, 32)).run(items, written.append,
+                                                                timings_path=tmp_path / "timings.json")
+    assert [r["case"] for r in results] == [i["image"] for i in items]
+    assert len(written) == 3
+    for item, d in zip(items, written):
+        source = nib.load(item["image"])
+        assert d["pred"].shape == source.shape and d["pred"].dtype == np.uint8
+        assert d["image"].meta["filename_or_obj"] == item["image"]
+    assert json.loads((tmp_path / "timings.json").read_text())[2]["case"] == items[2]["image"]
+
+
+def test_3d_networks_are_not_streamed():
+    assert is_3d_network(PocketUNet(spatial_dims=3, in_channels=1, out_channels=3, features=4, depth=2))
+    assert not is_3d_network(WPUNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8), strides=(2,)))
