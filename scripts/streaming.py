@@ -13,10 +13,12 @@ computed in a different order so that nothing of full resolution is ever held in
 5. labels go back batch by batch (nearest, uint8) into a uint8 volume in the input's own axes, through the same
    orientation view, and the writer saves it in the input's geometry.
 
-Peak memory is the stored CT (2 bytes a voxel for ``int16``), the uint8 output (1 byte a voxel), a uint8 copy of the
-network input at model resolution for the preview, and one slice batch; see ``docs/performance.md``.
-Slices without a voxel above the HU window's lower bound (no body: air, table) are labelled background
-without running the network (``skip_empty_slices``). The next case is read in a thread while the network runs.
+Peak memory is the larger of the stored CT (2 bytes a voxel for ``int16``) and the uint8 output (1 byte a voxel; the
+CT is released before the output is made), plus two uint8 volumes at model resolution (labels, and the network input
+for the preview) and one slice batch; see ``docs/performance.md``.
+Slices without a voxel above the HU window's lower bound (air only) are labelled background without running the
+network (``skip_empty_slices``). The next case is read in a thread while the current one is post-processed and
+written.
 """
 
 from __future__ import annotations
@@ -136,9 +138,16 @@ class StreamingSegmenter:
         self.timings["total"] = time.perf_counter() - start
         return label, ct.affine
 
-    def segment(self, ct: LoadedCT) -> tuple[np.ndarray, np.ndarray]:
-        """Labels (uint8, ``ct.voxels``' shape and axes) and the model-resolution uint8 image used for previews."""
+    def segment(self, ct: LoadedCT, release_input: bool = False,
+                after_network: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (uint8, ``ct.voxels``' shape and axes) and the model-resolution uint8 image used for previews.
+
+        ``release_input`` drops ``ct.voxels`` once the network has seen every slice, before the full-resolution
+        output is allocated, so the stored CT and the output are never held together; ``after_network`` is called
+        at that point (:meth:`run` starts reading the next case there).
+        """
         timings = dict.fromkeys(STAGES, 0.0)
+        shape = ct.shape
         ornt = ras_orientation(ct.affine)
         ras = nib.orientations.apply_orientation(ct.voxels, ornt)  # a view: flips + transpose
         depth = ras.shape[2]
@@ -161,11 +170,16 @@ class StreamingSegmenter:
             model_labels[:, :, z0:z1] = labels.permute(1, 2, 0).numpy()
             timings["preprocess"] += t1 - t0
             timings["network"] += time.perf_counter() - t1
+        del ras
+        if release_input:
+            ct.voxels = None
+        if after_network is not None:
+            after_network()
         t0 = time.perf_counter()
         if self.lcc is not None:
             model_labels = np.asarray(self.lcc(torch.from_numpy(model_labels)[None])[0], dtype=np.uint8)
         t1 = time.perf_counter()
-        label = self._back_to_input_grid(model_labels, ct.voxels.shape, ornt)
+        label = self._back_to_input_grid(model_labels, shape, ornt)
         timings["lcc"], timings["resample"] = t1 - t0, time.perf_counter() - t1
         timings.update(slices=depth, skipped_slices=skipped,
                        fast_path=self.fast_path.describe() if self.fast_path is not None else "fp32 (as given)")
@@ -206,8 +220,10 @@ class StreamingSegmenter:
             timings_path: str | Path = "") -> list[dict]:
         """Segment every ``{"image": path}`` of ``datalist``; ``writer`` gets MONAI-style ``{"image", "pred"}`` dicts.
 
-        The next case is read in a background thread while the current one runs (``prefetch``). Returns the
-        per-case stage timings (also written to ``timings_path`` as JSON when given).
+        With ``prefetch`` the next case is read in a background thread while the current one is post-processed and
+        written: started once the network is done with the current case and its stored voxels are released, so at
+        most one stored CT is in memory. Returns the per-case stage timings (also written to ``timings_path`` as
+        JSON when given).
         """
         items = [dict(item) for item in datalist]
         results: list[dict] = []
@@ -217,10 +233,15 @@ class StreamingSegmenter:
                 wait0 = time.perf_counter()
                 ct, read_s = pending.result()
                 waited = time.perf_counter() - wait0
-                nxt = index + 1
-                pending = pool.submit(_timed_read, items[nxt]["image"]) if prefetch and nxt < len(items) else None
+                nxt, pending = index + 1, None
+
+                def read_next() -> None:
+                    nonlocal pending
+                    if prefetch and nxt < len(items):
+                        pending = pool.submit(_timed_read, items[nxt]["image"])
+
                 start = time.perf_counter()
-                label, preview = self.segment(ct)
+                label, preview = self.segment(ct, release_input=True, after_network=read_next)
                 t0 = time.perf_counter()
                 if writer is not None:
                     writer(self._writer_input(ct, label, preview))
@@ -233,7 +254,7 @@ class StreamingSegmenter:
                             ", ".join(f"{k} {timings[k]:.2f} s" for k in STAGES))
                 results.append(timings)
                 del ct, label, preview
-                if not prefetch and nxt < len(items):
+                if pending is None and nxt < len(items):
                     pending = pool.submit(_timed_read, items[nxt]["image"])
         if timings_path:
             atomic_write_text(Path(timings_path), json.dumps(results, indent=2))
@@ -242,8 +263,8 @@ class StreamingSegmenter:
     def _writer_input(self, ct: LoadedCT, label: np.ndarray, preview: np.ndarray) -> dict:
         """What :class:`scripts.writers.SaveSegmentationd` reads: the case's metadata and the input-grid label."""
         ornt = ras_orientation(ct.affine)
-        meta = {"filename_or_obj": ct.source, "original_affine": ct.affine, "spatial_shape": np.asarray(ct.shape),
-                "affine": torch.as_tensor(model_grid_affine(ct.affine, ct.shape, ornt, self.slice_size))}
+        meta = {"filename_or_obj": ct.source, "original_affine": ct.affine, "spatial_shape": np.asarray(label.shape),
+                "affine": torch.as_tensor(model_grid_affine(ct.affine, label.shape, ornt, self.slice_size))}
         image = MetaTensor(torch.from_numpy(preview)[None], meta=meta)
         return {"image": image, "pred": label}
 

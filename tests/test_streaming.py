@@ -186,3 +186,14 @@ def test_run_writes_every_case_with_prefetch(tmp_path):
 def test_3d_networks_are_not_streamed():
     assert is_3d_network(PocketUNet(spatial_dims=3, in_channels=1, out_channels=3, features=4, depth=2))
     assert not is_3d_network(WPUNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8), strides=(2,)))
+
+
+def test_release_input_before_output():
+    ras = np.full((40, 40, 6), -1000, np.int16)
+    ras[10:30, 10:30] = 200
+    ct = LoadedCT("ct.nii.gz", ras, np.eye(4))
+    seen = []
+    segmenter = StreamingSegmenter(ThresholdNet(), slice_size=(32, 32), lcc_enabled=False)
+    label, _ = segmenter.segment(ct, release_input=True, after_network=lambda: seen.append(ct.voxels))
+    assert seen == [None] and ct.voxels is None  # released before the callback (the next read) runs
+    assert label.shape == (40, 40, 6) and label[20, 20, 3] > 0
