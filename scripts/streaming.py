@@ -204,7 +204,7 @@ class StreamingSegmenter:
 
     def _back_to_input_grid(self, model_labels: np.ndarray, shape: Sequence[int], ornt: np.ndarray) -> np.ndarray:
         """Nearest-neighbour uint8 upsampling, batch by batch, written through the orientation view."""
-        label = np.zeros(shape, dtype=np.uint8)
+        label = np.zeros(shape, dtype=np.uint8, order="F")  # NIfTI's voxel order: the writer copies nothing
         target = nib.orientations.apply_orientation(label, ornt)  # a view of ``label``
         size = target.shape[:2]
         for z0 in range(0, model_labels.shape[2], self.chunk_slices):
