@@ -200,7 +200,7 @@ class StreamingSegmenter:
             return _predict_fp32(self.network, batch.to(self.device))
         from .fast_path import predict_labels
 
-        return predict_labels(self.network, batch, self.fast_path)
+        return predict_labels(self.network, batch, self.fast_path, self.device)
 
     def _back_to_input_grid(self, model_labels: np.ndarray, shape: Sequence[int], ornt: np.ndarray) -> np.ndarray:
         """Nearest-neighbour uint8 upsampling, batch by batch, written through the orientation view."""
