@@ -1,0 +1,44 @@
+"""One end-to-end inference run in its own process, for ``bench/run.py``: prints one JSON line with its peak RSS.
+
+``python bench/e2e_child.py '<json>'`` where the JSON holds ``config_file`` (list) and ``overrides`` (config ids).
+The workflow is the bundle's own ``ConfigWorkflow`` ("inferring"); the line gives the wall time of the whole
+process (imports included), of ``initialize`` and of ``run``, and this process's ``VmHWM`` (its true peak RSS;
+``ru_maxrss`` of a child would include what its parent held at fork time).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+START = time.perf_counter()
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def vmhwm_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(spec: dict) -> dict:
+    from monai.bundle import ConfigWorkflow
+
+    imported = time.perf_counter()
+    workflow = ConfigWorkflow(config_file=[str(REPO / c) for c in spec["config_file"]], workflow_type="infer",
+                              run_id="inferring", bundle_root=str(REPO), **spec["overrides"])
+    workflow.initialize()
+    initialized = time.perf_counter()
+    workflow.run()
+    finished = time.perf_counter()
+    workflow.finalize()
+    return {"import_s": imported - START, "initialize_s": initialized - imported, "run_s": finished - initialized,
+            "process_s": time.perf_counter() - START, "peak_rss_mb": vmhwm_mb()}
+
+
+if __name__ == "__main__":
+    print("E2E_RESULT " + json.dumps(main(json.loads(sys.argv[1]))), flush=True)

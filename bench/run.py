@@ -1,0 +1,409 @@
+"""CPU fast-path benchmark (issue 7): network time of every network and variant against nnU-Net's 2D network on the
+same slices, end-to-end inference of a SYNTHETIC 512x512x200 CT, peak memory up to 1000 slices, Dice beside each
+speed-up. Run it through ``bash bench/run.sh`` (builds the separate benchmark environment ``.venv-bench`` with
+nnU-Net's ``dynamic_network_architectures``); results go to ``docs/performance.md`` (between markers) and
+``bench/results/performance_<date>.json``. The last line printed is the summary::
+
+    best_end_to_end_s=... wpunet_pruned_vs_nnunet2d=...x pocket_vs_nnunet2d=...x peak_rss_gb=...
+
+Weights are random (latency does not depend on weight values, only on shapes); the Dice columns come from the demo
+weights on held-out SYNTHETIC phantoms (``bench/dice_variants.py``). Timings are seconds of wall time on a shared
+2-core VM: compare ratios within one run. ``--quick`` is a smoke run of about two minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+for path in (REPO, REPO / "bench"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from scripts.atomic import atomic_write_text, replace_marked_block  # noqa: E402
+from scripts.fast_path import FastPath, choose_fast_path, cpu_supports_bf16, predict_labels, prepare_network  # noqa: E402
+
+BEGIN, END = "<!-- bench_run:begin -->", "<!-- bench_run:end -->"
+DOC = REPO / "docs" / "performance.md"
+TARGETS = {"best_end_to_end_s": 10.0, "wpunet_pruned_vs_nnunet2d": 3.0, "pocket_vs_nnunet2d": 10.0,
+           "peak_rss_gb": 1.5}
+# nnU-Net's 2D plan for a 512x512 abdominal CT: 7 stages 32 -> 512, two 3x3 convs a stage, instance norm, leaky ReLU
+NNUNET_2D = {"input_channels": 1, "n_stages": 7, "features_per_stage": [32, 64, 128, 256, 512, 512, 512],
+             "kernel_sizes": 3, "strides": [1, 2, 2, 2, 2, 2, 2], "n_conv_per_stage": 2, "num_classes": 3,
+             "n_conv_per_stage_decoder": 2, "conv_bias": True, "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+             "nonlin_kwargs": {"inplace": True}, "deep_supervision": False}
+MONAI_UNET = {"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "channels": [16, 32, 64, 128, 256],
+              "strides": [2, 2, 2, 2], "num_res_units": 2}
+
+
+def nnunet_config() -> dict:
+    """nnU-Net's PlainConvUNet as a bundle ``network_def`` (used in-process and by the end-to-end child)."""
+    return {"_target_": "dynamic_network_architectures.architectures.unet.PlainConvUNet", **NNUNET_2D,
+            "conv_op": "$torch.nn.Conv2d", "norm_op": "$torch.nn.InstanceNorm2d", "nonlin": "$torch.nn.LeakyReLU"}
+
+
+# ------------------------------------------------------------------------------------------------- networks
+def bundle_network(*overlays: str) -> torch.nn.Module:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "configs" / "inference.json"), *(str(REPO / "configs" / o) for o in overlays)])
+    return parser.get_parsed_content("network_def")
+
+
+def build_networks(quick: bool) -> dict[str, dict]:
+    """Every network of the table with its slice size, end-to-end config overlays and notes (random weights)."""
+    from monai.bundle import ConfigParser
+    from monai.networks.nets import UNet
+
+    from scripts.pruning.structured import prune_channels
+    from scripts.pruning.unstructured import apply_pruning, make_permanent
+
+    torch.manual_seed(0)
+    wp = bundle_network().eval()
+    nets = {"WP-UNet (paper, 64-512)": {"net": wp, "overlays": []}}
+    unstructured = copy.deepcopy(wp)
+    apply_pruning(unstructured, sparsity=0.5)
+    make_permanent(unstructured)
+    channel = prune_channels(copy.deepcopy(wp), torch.rand(1, 1, 256, 256), ratio=0.5, round_to=8).eval()
+    nets["WP-UNet unstructured 50 %"] = {"net": unstructured.eval(), "overlays": []}
+    nets["WP-UNet channel-pruned 0.5"] = {"net": channel, "overlays": ["structured.json"]}
+    nets["Pocket U-Net 2D"] = {"net": bundle_network("networks/pocket_unet_2d.json").eval(),
+                               "overlays": ["networks/pocket_unet_2d.json"]}
+    if not quick:
+        nets["WP-UNet demo (16-128, 128x128 slices)"] = {"net": bundle_network("demo.json").eval(),
+                                                         "overlays": ["demo.json"], "slice": 128}
+        nets["SD-UNet"] = {"net": bundle_network("networks/sd_unet.json").eval(), "overlays": []}
+        nets["classic U-Net (UNet-P)"] = {"net": bundle_network("networks/classic_unet.json").eval(), "overlays": []}
+        nets["MONAI UNet (16-256, 2 res units)"] = {"net": UNet(**MONAI_UNET).eval(), "overlays": []}
+    parser = ConfigParser({"net": nnunet_config()})
+    nets["nnU-Net 2D PlainConvUNet"] = {"net": parser.get_parsed_content("net").eval(), "overlays": [],
+                                        "reference": True}
+    for spec in nets.values():
+        spec["params"] = sum(p.numel() for p in spec["net"].parameters())
+    return nets
+
+
+def variant_paths(net: torch.nn.Module, quick: bool) -> dict[str, FastPath]:
+    auto = choose_fast_path(net, "cpu")
+    paths = {"fp32": FastPath(), "channels_last": FastPath(channels_last=True)}
+    if cpu_supports_bf16():
+        paths["bf16"] = FastPath("bf16")
+        paths["bf16 + channels_last"] = FastPath("bf16", True)
+    paths["auto + TorchScript freeze"] = FastPath(auto.precision, auto.channels_last, auto.fold_batchnorm,
+                                                  "torchscript")
+    paths["auto"] = auto
+    if quick:
+        paths = {k: paths[k] for k in ("fp32", "auto")}
+    return paths
+
+
+def time_network(module, slices: torch.Tensor, path: FastPath, repeats: int) -> float:
+    """Median over ``repeats`` of the seconds per slice for all ``slices`` at the path's batch size (1 warm-up)."""
+    batch = path.sw_batch_size
+    predict_labels(module, slices[:batch], path)
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, len(slices), batch):
+            predict_labels(module, slices[i:i + batch], path)
+        runs.append((time.perf_counter() - start) / len(slices))
+    return statistics.median(runs)
+
+
+def network_table(nets: dict, slices: dict[int, torch.Tensor], repeats: int, quick: bool, workdir: Path) -> dict:
+    from scripts.onnx_export import OnnxRuntimeNetwork, export_onnx
+
+    table = {}
+    for name, spec in nets.items():
+        size = spec.get("slice", 256)
+        x = slices[size]
+        row = {}
+        for variant, path in variant_paths(spec["net"], quick).items():
+            module = prepare_network(spec["net"], "cpu", path, example_shape=(1, 1, size, size))
+            row[variant] = time_network(module, x, path, repeats)
+            print(f"  {name:40s} {variant:28s} {row[variant] * 1000:9.1f} ms/slice", flush=True)
+        if not quick:
+            onnx = export_onnx(copy.deepcopy(spec["net"]), workdir / f"{len(table)}.onnx", slice_size=(size, size))
+            row["ONNX Runtime (fp32)"] = time_network(OnnxRuntimeNetwork(onnx), x, FastPath(), repeats)
+            print(f"  {name:40s} {'ONNX Runtime (fp32)':28s} {row['ONNX Runtime (fp32)'] * 1000:9.1f} ms/slice",
+                  flush=True)
+        table[name] = {"params": spec["params"], "slice": size, "seconds_per_slice": row,
+                       "auto": choose_fast_path(spec["net"], "cpu").describe()}
+    return table
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+def build_ct(workdir: Path, slices: int) -> Path:
+    from bench_inference import build_inputs
+
+    return Path(build_inputs(workdir / f"ct{slices}", 512, slices, 0, "kits")["image_path"])
+
+
+def table_slices(ct: Path, count: int) -> dict[int, torch.Tensor]:
+    """``count`` axial slices spread over the CT, preprocessed exactly as inference does, at 256 and 128 pixels."""
+    from scripts.ct_reader import read_ct
+    from scripts.streaming import StreamingSegmenter, ras_orientation
+    import nibabel as nib
+
+    loaded = read_ct(ct)
+    ras = nib.orientations.apply_orientation(loaded.voxels, ras_orientation(loaded.affine))
+    index = np.linspace(0, ras.shape[2] - 1, count + 2).round().astype(int)[1:-1]
+    block = ras[:, :, index]
+    out = {}
+    for size in (256, 128):
+        segmenter = StreamingSegmenter(torch.nn.Identity(), slice_size=(size, size))
+        out[size] = segmenter._preprocess(loaded, block)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- end to end
+def save_weights(net: torch.nn.Module, path: Path) -> Path:
+    torch.save({"model": net.state_dict()}, path)
+    return path
+
+
+def end_to_end(name: str, ct: Path, configs: list[str], overrides: dict, workdir: Path) -> dict:
+    out = workdir / "e2e" / name.replace(" ", "_").replace("/", "_")
+    timings = out / "timings.json"
+    spec = {"config_file": configs, "overrides": {"input_path": str(ct), "output_dir": str(out / "seg"),
+                                                   "timings_path": str(timings), **overrides}}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "e2e_child.py"), json.dumps(spec)], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("E2E_RESULT ")]
+    if done.returncode or not line:
+        raise RuntimeError(f"end-to-end run {name} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(line[-1].split(" ", 1)[1])
+    result["stages"] = json.loads(timings.read_text())[0] if timings.is_file() else None
+    stage = result["stages"] or {}
+    print(f"  {name:55s} run {result['run_s']:6.2f} s (process {result['process_s']:6.2f} s), peak RSS "
+          f"{result['peak_rss_mb']:7.1f} MB, network {stage.get('network', float('nan')):6.2f} s", flush=True)
+    return result
+
+
+def e2e_runs(nets: dict, ct: Path, workdir: Path, quick: bool) -> dict:
+    weights = workdir / "weights"
+    weights.mkdir(exist_ok=True)
+    fp32 = {"precision": "fp32", "channels_last": False, "fold_batchnorm": False, "compile": "none",
+            "skip_empty_slices": False, "prefetch": False}
+    pocket = save_weights(nets["Pocket U-Net 2D"]["net"], weights / "pocket.pt")
+    channel = save_weights(nets["WP-UNet channel-pruned 0.5"]["net"], weights / "channel.pt")
+    runs = {
+        "Pocket U-Net 2D, auto": (["configs/inference.json", "configs/networks/pocket_unet_2d.json"],
+                                  {"model_path": str(pocket)}),
+        "WP-UNet channel-pruned 0.5, auto": (["configs/inference.json", "configs/structured.json"],
+                                             {"model_path": str(channel)}),
+    }
+    if not quick:
+        wp = save_weights(nets["WP-UNet (paper, 64-512)"]["net"], weights / "wp.pt")
+        demo = save_weights(nets["WP-UNet demo (16-128, 128x128 slices)"]["net"], weights / "demo.pt")
+        nnunet = save_weights(nets["nnU-Net 2D PlainConvUNet"]["net"], weights / "nnunet.pt")
+        runs.update({
+            "Pocket U-Net 2D, fp32 reference path": (runs["Pocket U-Net 2D, auto"][0],
+                                                     {"model_path": str(pocket), **fp32}),
+            "Pocket U-Net 2D, MONAI pipeline (streaming False)": (
+                runs["Pocket U-Net 2D, auto"][0], {"model_path": str(pocket), "streaming": False, "num_workers": 0}),
+            "WP-UNet demo (128x128), auto": (["configs/inference.json", "configs/demo.json"],
+                                             {"model_path": str(demo)}),
+            "WP-UNet paper (dense), auto": (["configs/inference.json"], {"model_path": str(wp)}),
+            "nnU-Net 2D PlainConvUNet, fp32 (as nnU-Net runs on a CPU)": (
+                ["configs/inference.json"], {"model_path": str(nnunet), "network_def": nnunet_config(), **fp32}),
+        })
+    return {name: end_to_end(name, ct, configs, overrides, workdir) for name, (configs, overrides) in runs.items()}
+
+
+def memory_vs_slices(nets: dict, workdir: Path, sizes: list[int]) -> dict:
+    pocket = workdir / "weights" / "pocket.pt"
+    out = {}
+    for slices in sizes:
+        ct = build_ct(workdir, slices)
+        result = end_to_end(f"Pocket U-Net 2D, auto, {slices} slices", ct,
+                            ["configs/inference.json", "configs/networks/pocket_unet_2d.json"],
+                            {"model_path": str(pocket), "preview": False}, workdir)
+        out[slices] = result
+        if slices != sizes[0]:
+            import shutil
+
+            shutil.rmtree(ct.parent.parent, ignore_errors=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- report
+def machine() -> dict:
+    flags = ""
+    try:
+        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), platform.processor())
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f" {f}" in flags]
+    import monai
+
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    return {"cpu": model, "cores": os.cpu_count(), "simd": simd, "torch": torch.__version__,
+            "monai": monai.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "commit": commit, "bf16_native": cpu_supports_bf16()}
+
+
+def summary(table: dict, e2e: dict, memory: dict) -> dict:
+    nn = table["nnU-Net 2D PlainConvUNet"]["seconds_per_slice"]["fp32"]
+    streamed = {k: v for k, v in e2e.items() if "MONAI pipeline" not in k}
+    best = min(streamed.values(), key=lambda r: r["run_s"])
+    return {"best_end_to_end_s": best["run_s"],
+            "wpunet_pruned_vs_nnunet2d": nn / table["WP-UNet channel-pruned 0.5"]["seconds_per_slice"]["auto"],
+            "pocket_vs_nnunet2d": nn / table["Pocket U-Net 2D"]["seconds_per_slice"]["auto"],
+            "peak_rss_gb": max(r["peak_rss_mb"] for r in streamed.values()) / 1024}
+
+
+def summary_line(s: dict) -> str:
+    return (f"best_end_to_end_s={s['best_end_to_end_s']:.2f} "
+            f"wpunet_pruned_vs_nnunet2d={s['wpunet_pruned_vs_nnunet2d']:.1f}x "
+            f"pocket_vs_nnunet2d={s['pocket_vs_nnunet2d']:.1f}x peak_rss_gb={s['peak_rss_gb']:.2f}")
+
+
+def _fmt_ms(v) -> str:
+    return "" if v is None else f"{v * 1000:.1f}"
+
+
+def render(result: dict) -> str:
+    m, s, table = result["machine"], result["summary"], result["network_table"]
+    nn_fp32 = table["nnU-Net 2D PlainConvUNet"]["seconds_per_slice"]["fp32"]
+    nn_best = min(table["nnU-Net 2D PlainConvUNet"]["seconds_per_slice"].values())
+    variants = list(dict.fromkeys(v for row in table.values() for v in row["seconds_per_slice"]))
+    lines = [f"# CPU fast path: benchmark\n\nGenerated by `bash bench/run.sh` (`bench/run.py`) on {result['date']}; "
+             f"raw numbers in `{result['json']}`. **SYNTHETIC input** (a `scripts/phantoms.py` phantom, "
+             "512x512x200, int16, stored like KiTS), **random weights** for every timing (latency depends on shapes, "
+             "not weight values). Machine: " + f"{m['cpu']}, {m['cores']} cores, SIMD {', '.join(m['simd'])}; "
+             f"torch {m['torch']} ({m['threads']} threads), MONAI {m['monai']}, commit `{m['commit']}`. Load average "
+             f"before/after: {result['load_before']} / {result['load_after']} (the machine is a shared VM: compare "
+             "ratios within this run).", "",
+             "## Summary", "", "```", summary_line(s), "```", "",
+             "| target | measured | aim | met |", "|---|---:|---:|---|"]
+    for key, aim in TARGETS.items():
+        value = s[key]
+        met = value <= aim if key in ("best_end_to_end_s", "peak_rss_gb") else value >= aim
+        lines.append(f"| `{key}` | {value:.2f} | {'<=' if key in ('best_end_to_end_s', 'peak_rss_gb') else '>='} "
+                     f"{aim} | {'yes' if met else '**no**'} |")
+    lines += ["", "Ratios are network time per slice (256x256, batch 1) of nnU-Net's 2D network run as nnU-Net runs "
+              "it on a CPU (fp32; its predictor uses autocast only on CUDA) over ours on the automatic path. Against "
+              f"nnU-Net with our levers (its best variant, {nn_best * 1000:.1f} ms/slice) the ratios are "
+              f"{nn_best / table['WP-UNet channel-pruned 0.5']['seconds_per_slice']['auto']:.1f}x (channel-pruned "
+              f"WP-UNet) and {nn_best / table['Pocket U-Net 2D']['seconds_per_slice']['auto']:.1f}x (Pocket U-Net).",
+              "", "## Network time per slice (ms), same slices for every network",
+              "", f"{result['table_slices']} axial slices of the CT, preprocessed as inference does (HU window, area "
+              "resize), batch 1, median of "
+              f"{result['repeats']} passes; `auto` = what `configs/inference.json` picks here. Ratio = nnU-Net fp32 / "
+              "this network's auto.", "",
+              "| network | parameters | slice | " + " | ".join(variants) + " | auto path | vs nnU-Net fp32 |",
+              "|---|---:|---:|" + "---:|" * len(variants) + "---|---:|"]
+    for name, row in table.items():
+        t = row["seconds_per_slice"]
+        lines.append(f"| {name} | {row['params']:,} | {row['slice']} | "
+                     + " | ".join(_fmt_ms(t.get(v)) for v in variants)
+                     + f" | {row['auto']} | {nn_fp32 / t['auto']:.1f}x |")
+    lines += ["", "## End to end (read -> preprocess -> network -> LCC -> back to the input grid -> write)", "",
+              "Each run is `python -m monai.bundle`'s `ConfigWorkflow` (\"inferring\") in its own process; `run` = "
+              "`workflow.run()` (network set-up, read, inference, write of NIfTI + volumes JSON + preview PNG), "
+              "`process` adds Python/torch/MONAI imports and config parsing. Stages from `--timings_path`. Peak RSS "
+              "= the process's own `VmHWM`.", "",
+              "| run | run (s) | process (s) | read | preprocess | network | LCC | resample | write | peak RSS (MB) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in result["end_to_end"].items():
+        st = r.get("stages") or {}
+        cells = " | ".join(f"{st[k]:.2f}" if k in st else "-" for k in
+                           ("read", "preprocess", "network", "lcc", "resample", "write"))
+        lines.append(f"| {name} | {r['run_s']:.2f} | {r['process_s']:.2f} | {cells} | {r['peak_rss_mb']:.0f} |")
+    if result["memory"]:
+        lines += ["", "## Peak RSS vs slices (Pocket U-Net 2D, auto, 512x512, no preview)", "",
+                  "| slices | peak RSS (MB) | run (s) |", "|---:|---:|---:|"]
+        for slices, r in result["memory"].items():
+            lines.append(f"| {slices} | {r['peak_rss_mb']:.0f} | {r['run_s']:.2f} |")
+        sizes = sorted(result["memory"], key=int)
+        if len(sizes) > 1:
+            first, last = result["memory"][sizes[0]], result["memory"][sizes[-1]]
+            slope = (last["peak_rss_mb"] - first["peak_rss_mb"]) / (int(sizes[-1]) - int(sizes[0]))
+            lines += ["", f"Growth: {slope:.2f} MB per slice between {sizes[0]} and {sizes[-1]} slices; the uint8 "
+                      "output is 0.25 MB per slice and the stored int16 CT 0.5 MB per slice."]
+    dice = result.get("dice")
+    lines += ["", "## Dice beside each speed-up (demo weights, held-out SYNTHETIC phantoms)", ""]
+    if dice:
+        from dice_variants import markdown
+
+        lines += [f"{dice['cases']} held-out phantoms of the demo (`{dice['test_dir']}`), DEMO weights (WP-UNet "
+                  "16-128 at 128x128, trained briefly by `bash demo.sh`); differences are paired, in Dice points, "
+                  "mean ± standard error over cases; tumour over the cases with a tumour.", "", markdown(dice)]
+    else:
+        lines.append("Not measured in this run (needs `models/model.pt` and `demo_output/data/test` from `bash demo.sh`).")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 40-slice CT, few networks and variants")
+    parser.add_argument("--table-slices", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--slices", type=int, default=200, help="slices of the end-to-end CT (512x512)")
+    parser.add_argument("--memory-slices", type=int, nargs="*", default=[200, 500, 1000])
+    parser.add_argument("--channel-model", type=Path, default=REPO / "models" / "model_structured.pt",
+                        help="channel-pruned DEMO model for the Dice table, if present")
+    parser.add_argument("--no-dice", action="store_true")
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.slices, args.table_slices, args.repeats, args.memory_slices = 40, 2, 1, []
+    torch.set_num_threads(os.cpu_count() or 1)
+    result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+              "load_before": [round(x, 2) for x in os.getloadavg()], "quick": args.quick,
+              "table_slices": args.table_slices, "repeats": args.repeats}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_run_") as tmp:
+        workdir = Path(tmp)
+        ct = build_ct(workdir, args.slices)
+        print(f"SYNTHETIC CT {ct} ({args.slices} slices) ready after {time.perf_counter() - t0:.0f} s", flush=True)
+        nets = build_networks(args.quick)
+        print("network time per slice:", flush=True)
+        result["network_table"] = network_table(nets, table_slices(ct, args.table_slices), args.repeats,
+                                                args.quick, workdir)
+        print("end to end:", flush=True)
+        result["end_to_end"] = e2e_runs(nets, ct, workdir, args.quick)
+        print("peak RSS vs slices:", flush=True)
+        result["memory"] = memory_vs_slices(nets, workdir, args.memory_slices) if args.memory_slices else {}
+    if not args.no_dice and (REPO / "models" / "model.pt").is_file() and (REPO / "demo_output/data/test").is_dir():
+        from dice_variants import measure
+
+        print("Dice per variant (demo weights, held-out synthetic phantoms):", flush=True)
+        result["dice"] = measure(REPO / "demo_output" / "data" / "test", REPO / "models" / "model.pt",
+                                 REPO / "models" / "model_pruned.pt", args.channel_model,
+                                 max_cases=2 if args.quick else None)
+    result["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["summary"] = summary(result["network_table"], result["end_to_end"], result["memory"])
+    result["wall_s"] = time.perf_counter() - t0
+    stamp = dt.date.today().strftime("%Y%m%d") + ("_quick" if args.quick else "")
+    result["json"] = f"bench/results/performance_{stamp}.json"
+    print(render(result))
+    if not args.no_docs:
+        atomic_write_text(REPO / result["json"], json.dumps(result, indent=2, default=str))
+        if not args.quick:
+            replace_marked_block(DOC, BEGIN, END, render(result))
+    print(f"total {result['wall_s']:.0f} s")
+    print(summary_line(result["summary"]))
+
+
+if __name__ == "__main__":
+    main()
