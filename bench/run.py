@@ -147,6 +147,43 @@ def network_table(nets: dict, slices: dict[int, torch.Tensor], repeats: int, qui
     return table
 
 
+def lever_extras(nets: dict, slices: dict[int, torch.Tensor], repeats: int) -> dict:
+    """The auto path at 1 thread vs all cores and at slice batch 1 vs 4, for the two fastest networks."""
+    out = {}
+    cores = os.cpu_count() or 1
+    for name in ("WP-UNet channel-pruned 0.5", "Pocket U-Net 2D"):
+        net, x = nets[name]["net"], slices[256]
+        auto = choose_fast_path(net, "cpu")
+        module = prepare_network(net, "cpu", auto)
+        row = {}
+        for threads in sorted({1, cores}):
+            torch.set_num_threads(threads)
+            row[f"{threads} thread(s), batch {auto.sw_batch_size}"] = time_network(module, x, auto, repeats)
+        torch.set_num_threads(cores)
+        batch4 = FastPath(auto.precision, auto.channels_last, auto.fold_batchnorm, auto.compile, 4)
+        x4 = x.repeat(max(1, -(-4 // len(x))), 1, 1, 1)[:max(4, len(x))]
+        row[f"{cores} thread(s), batch 4"] = time_network(module, x4, batch4, repeats)
+        out[name] = row
+        print(f"  {name}: " + ", ".join(f"{k} {v * 1000:.1f} ms/slice" for k, v in row.items()), flush=True)
+    return out
+
+
+def prefetch_runs(nets: dict, ct: Path, workdir: Path, cases: int = 3) -> dict:
+    """A folder of ``cases`` copies of the CT, Pocket U-Net auto, with and without reading ahead."""
+    import shutil
+
+    folder = workdir / "many"
+    for i in range(cases):
+        (folder / f"case_{i:05d}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(ct, folder / f"case_{i:05d}" / "imaging.nii.gz")
+    pocket = workdir / "weights" / "pocket.pt"
+    configs = ["configs/inference.json", "configs/networks/pocket_unet_2d.json"]
+    return {f"{cases} cases, prefetch {flag}": end_to_end(f"Pocket U-Net 2D, auto, {cases} cases, prefetch {flag}",
+                                                          folder, configs, {"model_path": str(pocket),
+                                                                            "prefetch": flag}, workdir)
+            for flag in (True, False)}
+
+
 # ------------------------------------------------------------------------------------------------- inputs
 def build_ct(workdir: Path, slices: int, storage: str = "kits") -> Path:
     from bench_inference import build_inputs
@@ -319,6 +356,12 @@ def render(result: dict) -> str:
         lines.append(f"| {name} | {row['params']:,} | {row['slice']} | "
                      + " | ".join(_fmt_ms(t.get(v)) for v in variants)
                      + f" | {row['auto']} | {nn_fp32 / t['auto']:.1f}x |")
+    if result.get("lever_extras"):
+        lines += ["", "### Threads and slice batch (auto path, ms per slice)", ""]
+        keys = list(dict.fromkeys(k for row in result["lever_extras"].values() for k in row))
+        lines += ["| network | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+        for name, row in result["lever_extras"].items():
+            lines.append(f"| {name} | " + " | ".join(_fmt_ms(row.get(k)) for k in keys) + " |")
     lines += ["", "### End to end (read -> preprocess -> network -> LCC -> back to the input grid -> write)", "",
               "Each run is `python -m monai.bundle`'s `ConfigWorkflow` (\"inferring\") in its own process; `run` = "
               "`workflow.run()` (network set-up, read, inference, write of NIfTI + volumes JSON + preview PNG), "
@@ -331,6 +374,11 @@ def render(result: dict) -> str:
         cells = " | ".join(f"{st[k]:.2f}" if k in st else "-" for k in
                            ("read", "preprocess", "network", "lcc", "resample", "write"))
         lines.append(f"| {name} | {r['run_s']:.2f} | {r['process_s']:.2f} | {cells} | {r['peak_rss_mb']:.0f} |")
+    if result.get("prefetch"):
+        lines += ["", "### Reading the next case ahead (one folder of copies of the CT, Pocket U-Net 2D, auto)", "",
+                  "| run | run (s) | peak RSS (MB) |", "|---|---:|---:|"]
+        for name, r in result["prefetch"].items():
+            lines.append(f"| {name} | {r['run_s']:.2f} | {r['peak_rss_mb']:.0f} |")
     if result["memory"]:
         lines += ["", "### Peak RSS vs slices (Pocket U-Net 2D, auto, 512x512, no preview)", "",
                   "`kits`: stored like KiTS (slice axis first, the fastest on disk: the CT is read whole, int16); "
@@ -385,8 +433,13 @@ def main() -> None:
         print("network time per slice:", flush=True)
         result["network_table"] = network_table(nets, table_slices(ct, args.table_slices), args.repeats,
                                                 args.quick, workdir)
+        if not args.quick:
+            print("threads and batch:", flush=True)
+            result["lever_extras"] = lever_extras(nets, table_slices(ct, args.table_slices), args.repeats)
         print("end to end:", flush=True)
         result["end_to_end"] = e2e_runs(nets, ct, workdir, args.quick)
+        if not args.quick:
+            result["prefetch"] = prefetch_runs(nets, ct, workdir)
         print("peak RSS vs slices:", flush=True)
         result["memory"] = (memory_vs_slices(workdir, args.memory_slices, args.memory_storage)
                             if args.memory_slices else {})

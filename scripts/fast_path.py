@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .errors import InputError
+
 __all__ = ["FastPath", "cpu_supports_bf16", "choose_fast_path", "prepare_network", "predict_labels",
            "has_depthwise_convs"]
 
@@ -79,7 +81,7 @@ def has_depthwise_convs(network: nn.Module) -> bool:
 
 def _check_choice(name: str, value, allowed) -> None:
     if value != "auto" and value not in allowed:
-        raise ValueError(f"--{name}: expected 'auto' or one of {list(allowed)}, got {value!r}")
+        raise InputError(f"--{name}: expected 'auto' or one of {list(allowed)}, got {value!r}")
 
 
 def _as_bool(name: str, value) -> bool | str:
@@ -87,7 +89,7 @@ def _as_bool(name: str, value) -> bool | str:
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise ValueError(f"--{name}: expected 'auto', True or False, got {value!r}")
+    raise InputError(f"--{name}: expected 'auto', True or False, got {value!r}")
 
 
 def choose_fast_path(network: nn.Module, device: torch.device | str = "cpu", precision="auto",
@@ -95,7 +97,7 @@ def choose_fast_path(network: nn.Module, device: torch.device | str = "cpu", pre
     """Resolve each ``"auto"`` for ``device`` and ``network``; explicit values are checked and kept.
 
     Raises:
-        ValueError: a value that is not ``auto`` or one of the allowed choices (the message names the config id),
+        InputError: (a ``ValueError``) a value that is not ``auto`` or an allowed choice (the message names the id),
             or fp16 on a CPU / bf16 on a CPU without native bf16 support.
     """
     device = torch.device(device)
@@ -106,12 +108,12 @@ def choose_fast_path(network: nn.Module, device: torch.device | str = "cpu", pre
     fold_batchnorm = _as_bool("fold_batchnorm", fold_batchnorm)
     if sw_batch_size != "auto" and (isinstance(sw_batch_size, bool) or not str(sw_batch_size).isdigit()
                                     or int(sw_batch_size) < 1):
-        raise ValueError(f"--slice_batch_size: expected 'auto' or an integer >= 1, got {sw_batch_size!r}")
+        raise InputError(f"--slice_batch_size: expected 'auto' or an integer >= 1, got {sw_batch_size!r}")
     torch_module = isinstance(network, nn.Module) and any(True for _ in network.parameters())
     if precision == "auto":
         precision = ("fp16" if cuda else "bf16" if cpu_supports_bf16() else "fp32") if torch_module else "fp32"
     elif precision == "fp16" and not cuda:
-        raise ValueError("--precision fp16: only on a CUDA device; use bf16 (CPUs with AVX-512 BF16/AMX) or fp32")
+        raise InputError("--precision fp16: only on a CUDA device; use bf16 (CPUs with AVX-512 BF16/AMX) or fp32")
     if channels_last == "auto":
         channels_last = torch_module and not (cuda and has_depthwise_convs(network))
     if fold_batchnorm == "auto":

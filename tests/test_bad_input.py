@@ -21,6 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from monai.bundle import ConfigWorkflow
 
 from conftest import BUNDLE_ROOT, TINY_OVERRIDES
@@ -365,3 +366,12 @@ def test_cli_missing_weights(tmp_path):
     weights = tmp_path / "model.pt"
     result = run_cli("--input_path", str(scan), "--output_dir", str(tmp_path / "out"), "--model_path", str(weights))
     assert_one_line_error(result, str(weights), "no trained weights", "--model_path")
+
+
+@pytest.mark.parametrize("overrides, needle", [({"precision": "fp16"}, "--precision fp16: only on a CUDA device"),
+                                               ({"slice_batch_size": 0}, "--slice_batch_size: expected 'auto'")])
+def test_bad_fast_path_values_are_one_line_errors(tmp_path, phantom_dir, tiny_weights, overrides, needle):
+    if torch.cuda.is_available() and "precision" in overrides:
+        pytest.skip("fp16 is valid on a CUDA device")
+    image = phantom_dir / "case_00000" / "imaging.nii.gz"
+    expect_clean_failure(phantom_dir, image, tmp_path / "out", tiny_weights, needle, **overrides)
