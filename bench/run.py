@@ -93,8 +93,12 @@ def build_networks(quick: bool) -> dict[str, dict]:
     parser = ConfigParser({"net": nnunet_config()})
     nets["nnU-Net 2D PlainConvUNet"] = {"net": parser.get_parsed_content("net").eval(), "overlays": [],
                                         "reference": True}
+    from scripts.networks.complexity import count_macs
+
     for spec in nets.values():
         spec["params"] = sum(p.numel() for p in spec["net"].parameters())
+        size = spec.get("slice", 256)
+        spec["macs"] = count_macs(spec["net"], (1, 1, size, size))
     return nets
 
 
@@ -142,7 +146,7 @@ def network_table(nets: dict, slices: dict[int, torch.Tensor], repeats: int, qui
             row["ONNX Runtime (fp32)"] = time_network(OnnxRuntimeNetwork(onnx), x, FastPath(), repeats)
             print(f"  {name:40s} {'ONNX Runtime (fp32)':28s} {row['ONNX Runtime (fp32)'] * 1000:9.1f} ms/slice",
                   flush=True)
-        table[name] = {"params": spec["params"], "slice": size, "seconds_per_slice": row,
+        table[name] = {"params": spec["params"], "macs": spec.get("macs"), "slice": size, "seconds_per_slice": row,
                        "auto": choose_fast_path(spec["net"], "cpu").describe()}
     return table
 
@@ -310,11 +314,12 @@ def render(result: dict) -> str:
               "resize), batch 1, median of "
               f"{result['repeats']} passes; `auto` = what `configs/inference.json` picks here. Ratio = nnU-Net fp32 / "
               "this network's auto.", "",
-              "| network | parameters | slice | " + " | ".join(variants) + " | auto path | vs nnU-Net fp32 |",
-              "|---|---:|---:|" + "---:|" * len(variants) + "---|---:|"]
+              "| network | parameters | GMACs/slice | slice | " + " | ".join(variants) + " | auto path | vs nnU-Net fp32 |",
+              "|---|---:|---:|---:|" + "---:|" * len(variants) + "---|---:|"]
     for name, row in table.items():
         t = row["seconds_per_slice"]
-        lines.append(f"| {name} | {row['params']:,} | {row['slice']} | "
+        macs = f"{row['macs'] / 1e9:.2f}" if row.get("macs") else "-"
+        lines.append(f"| {name} | {row['params']:,} | {macs} | {row['slice']} | "
                      + " | ".join(_fmt_ms(t.get(v)) for v in variants)
                      + f" | {row['auto']} | {nn_fp32 / t['auto']:.1f}x |")
     lines += ["", "## End to end (read -> preprocess -> network -> LCC -> back to the input grid -> write)", "",
@@ -350,7 +355,19 @@ def render(result: dict) -> str:
                   "mean ± standard error over cases; tumour over the cases with a tumour.", "", markdown(dice)]
     else:
         lines.append("Not measured in this run (needs `models/model.pt` and `demo_output/data/test` from `bash demo.sh`).")
+    lines += ["", EXPECT]
     return "\n".join(lines) + "\n"
+
+
+EXPECT = """## What to expect on a laptop CPU and on a GPU
+
+Not measured in this run. On a laptop CPU without AVX-512 BF16/AMX the automatic path stays fp32 (bf16 autocast is
+only chosen where the CPU runs it natively), so expect the `fp32` / `channels_last` columns above rather than the bf16
+ones, scaled by the laptop's cores and clock; the ratios between networks hold roughly, since they follow the MACs.
+The GPU figures are from an **earlier session's H100 run** (`docs/gpu.md`, not this run): about 1,100 slices/s of
+network for the default WP-UNet 64-512 (256x256, fp16 autocast, batch 32), and 11.4 s for the whole 512x512x200 CT
+inside the evaluator (25.7-29.6 s with process start), the network being about 0.2 s of it: on a GPU the CPU-side steps
+(read, resample back, LCC, write) and start-up dominate, measured there before the streaming segmenter existed."""
 
 
 def main() -> None:
