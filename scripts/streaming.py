@@ -149,15 +149,17 @@ class StreamingSegmenter:
         timings = dict.fromkeys(STAGES, 0.0)
         shape = ct.shape
         ornt = ras_orientation(ct.affine)
-        ras = nib.orientations.apply_orientation(ct.voxels, ornt)  # a view: flips + transpose
-        depth = ras.shape[2]
+        depth = shape[int(np.flatnonzero(ornt[:, 0] == 2)[0])]
         model_labels = np.zeros((*self.slice_size, depth), dtype=np.uint8)
         preview = np.zeros((*self.slice_size, depth), dtype=np.uint8)
         skipped = 0
-        for z0 in range(0, depth, self.chunk_slices):
-            z1 = min(depth, z0 + self.chunk_slices)
+        blocks = ct.axial_blocks(ornt, self.chunk_slices)  # views of the stored array, or slabs read from the file
+        while True:
             t0 = time.perf_counter()
-            image = self._preprocess(ct, ras[:, :, z0:z1])  # (k, 1, H, W) in [0, 1]
+            z0, z1, block = next(blocks, (None, None, None))
+            if block is None:
+                break
+            image = self._preprocess(ct, block)  # (k, 1, H, W) in [0, 1]
             preview[:, :, z0:z1] = (image[:, 0] * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
             has_body = image.flatten(1).amax(dim=1) > 0 if self.skip_empty_slices else torch.ones(z1 - z0, dtype=bool)
             t1 = time.perf_counter()
@@ -170,9 +172,9 @@ class StreamingSegmenter:
             model_labels[:, :, z0:z1] = labels.permute(1, 2, 0).numpy()
             timings["preprocess"] += t1 - t0
             timings["network"] += time.perf_counter() - t1
-        del ras
+        del blocks, block
         if release_input:
-            ct.voxels = None
+            ct.release()
         if after_network is not None:
             after_network()
         t0 = time.perf_counter()

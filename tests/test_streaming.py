@@ -156,12 +156,48 @@ def test_scaled_float_and_nan_inputs(tmp_path):
     image = nib.Nifti1Image((data + 1024.0) / 2.0, np.eye(4))  # stored scaled: HU = 2 * v - 1024
     image.header.set_slope_inter(2.0, -1024.0)
     nib.save(image, str(tmp_path / "scaled.nii.gz"))
-    ct = read_ct(tmp_path / "scaled.nii.gz")
+    ct = read_ct(tmp_path / "scaled.nii.gz", stream=False)
     np.testing.assert_allclose(ct.hounsfield(ct.voxels), data, atol=1e-3)
+    streamed = read_ct(tmp_path / "scaled.nii.gz")  # axial axis last on disk: read slab by slab
+    assert streamed.voxels is None
+    blocks = list(streamed.axial_blocks(ras_orientation(streamed.affine), 4))
+    assert [(z0, z1) for z0, z1, _ in blocks] == [(0, 4), (4, 6)]
+    np.testing.assert_allclose(np.concatenate([streamed.hounsfield(b) for _, _, b in blocks], axis=2), data,
+                               atol=1e-3)
     data[3, 3, 3] = np.nan
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "nan.nii.gz"))
     with pytest.raises(InputError, match=r"nan\.nii\.gz: contains 1 NaN voxels"):
-        read_ct(tmp_path / "nan.nii.gz")
+        read_ct(tmp_path / "nan.nii.gz", stream=False)
+    with pytest.raises(InputError, match=r"nan\.nii\.gz: contains 1 NaN voxels in slices being read"):
+        StreamingSegmenter(ThresholdNet(), slice_size=(16, 16)).segment_file(tmp_path / "nan.nii.gz")
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "LPI", "PLS"])  # axial axis last on disk, ascending or descending
+def test_streamed_read_equals_whole_read(tmp_path, axcodes):
+    stored, affine = synthetic_case(axcodes)
+    scan = save_nifti(tmp_path / "scan.nii.gz", stored, affine)
+    segmenter = StreamingSegmenter(PerturbedThresholdNet(), slice_size=(64, 64), chunk_slices=4)
+    whole = read_ct(scan, stream=False)
+    lazy = read_ct(scan)
+    assert whole.voxels is not None and lazy.voxels is None
+    np.testing.assert_array_equal(segmenter.segment(lazy)[0], segmenter.segment(whole)[0])
+
+
+def test_streamed_read_holds_one_slab(tmp_path):
+    """A RAS-stored CT is never held whole: numpy allocations stay far below the stored volume."""
+    volume = np.full((256, 256, 64), -1000, np.int16)
+    volume[60:200, 60:200] = 200
+    scan = tmp_path / "ras.nii"  # uncompressed: nibabel maps it; slabs are read on demand
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(scan))
+    segmenter = StreamingSegmenter(ThresholdNet(), slice_size=(64, 64), chunk_slices=8)
+    tracemalloc.start()
+    try:
+        label, _ = segmenter.segment_file(scan)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert label.shape == volume.shape and label[100, 100, 30] > 0
+    assert peak < label.nbytes + 4 * 256 * 256 * 8 * 4 and peak < volume.nbytes, peak
 
 
 def test_run_writes_every_case_with_prefetch(tmp_path):
