@@ -359,19 +359,7 @@ def render(result: dict) -> str:
                   "mean ± standard error over cases; tumour over the cases with a tumour.", "", markdown(dice)]
     else:
         lines.append("Not measured in this run (needs `models/model.pt` and `demo_output/data/test` from `bash demo.sh`).")
-    lines += ["", EXPECT]
     return "\n".join(lines) + "\n"
-
-
-EXPECT = """## What to expect on a laptop CPU and on a GPU
-
-Not measured in this run. On a laptop CPU without AVX-512 BF16/AMX the automatic path stays fp32 (bf16 autocast is
-only chosen where the CPU runs it natively), so expect the `fp32` / `channels_last` columns above rather than the bf16
-ones, scaled by the laptop's cores and clock; the ratios between networks hold roughly, since they follow the MACs.
-The GPU figures are from an **earlier session's H100 run** (`docs/gpu.md`, not this run): about 1,100 slices/s of
-network for the default WP-UNet 64-512 (256x256, fp16 autocast, batch 32), and 11.4 s for the whole 512x512x200 CT
-inside the evaluator (25.7-29.6 s with process start), the network being about 0.2 s of it: on a GPU the CPU-side steps
-(read, resample back, LCC, write) and start-up dominate, measured there before the streaming segmenter existed."""
 
 
 def main() -> None:
