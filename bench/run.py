@@ -93,8 +93,12 @@ def build_networks(quick: bool) -> dict[str, dict]:
     parser = ConfigParser({"net": nnunet_config()})
     nets["nnU-Net 2D PlainConvUNet"] = {"net": parser.get_parsed_content("net").eval(), "overlays": [],
                                         "reference": True}
+    from scripts.networks.complexity import count_macs
+
     for spec in nets.values():
         spec["params"] = sum(p.numel() for p in spec["net"].parameters())
+        size = spec.get("slice", 256)
+        spec["macs"] = count_macs(spec["net"], (1, 1, size, size))
     return nets
 
 
@@ -142,7 +146,7 @@ def network_table(nets: dict, slices: dict[int, torch.Tensor], repeats: int, qui
             row["ONNX Runtime (fp32)"] = time_network(OnnxRuntimeNetwork(onnx), x, FastPath(), repeats)
             print(f"  {name:40s} {'ONNX Runtime (fp32)':28s} {row['ONNX Runtime (fp32)'] * 1000:9.1f} ms/slice",
                   flush=True)
-        table[name] = {"params": spec["params"], "slice": size, "seconds_per_slice": row,
+        table[name] = {"params": spec["params"], "macs": spec.get("macs"), "slice": size, "seconds_per_slice": row,
                        "auto": choose_fast_path(spec["net"], "cpu").describe()}
     return table
 
@@ -349,11 +353,12 @@ def render(result: dict) -> str:
               "resize), batch 1, median of "
               f"{result['repeats']} passes; `auto` = what `configs/inference.json` picks here. Ratio = nnU-Net fp32 / "
               "this network's auto.", "",
-              "| network | parameters | slice | " + " | ".join(variants) + " | auto path | vs nnU-Net fp32 |",
-              "|---|---:|---:|" + "---:|" * len(variants) + "---|---:|"]
+              "| network | parameters | GMACs/slice | slice | " + " | ".join(variants) + " | auto path | vs nnU-Net fp32 |",
+              "|---|---:|---:|---:|" + "---:|" * len(variants) + "---|---:|"]
     for name, row in table.items():
         t = row["seconds_per_slice"]
-        lines.append(f"| {name} | {row['params']:,} | {row['slice']} | "
+        macs = f"{row['macs'] / 1e9:.2f}" if row.get("macs") else "-"
+        lines.append(f"| {name} | {row['params']:,} | {macs} | {row['slice']} | "
                      + " | ".join(_fmt_ms(t.get(v)) for v in variants)
                      + f" | {row['auto']} | {nn_fp32 / t['auto']:.1f}x |")
     if result.get("lever_extras"):
