@@ -116,12 +116,28 @@ def choose_fast_path(network: nn.Module, device: torch.device | str = "cpu", pre
         raise InputError("--precision fp16: only on a CUDA device; use bf16 (CPUs with AVX-512 BF16/AMX) or fp32")
     if channels_last == "auto":
         channels_last = torch_module and not (cuda and has_depthwise_convs(network))
-    if fold_batchnorm == "auto":
-        fold_batchnorm = torch_module
+    if fold_batchnorm == "auto":  # only where there is something to fold, so that the log line tells the truth
+        fold_batchnorm = torch_module and bool(_conv_bn_pairs(network))
     if compile == "auto":
         compile = "none"
     sw_batch_size = (32 if cuda else 1) if sw_batch_size == "auto" else int(sw_batch_size)
     return FastPath(precision, bool(channels_last), bool(fold_batchnorm), compile, sw_batch_size)
+
+
+def _conv_bn_pairs(network: nn.Module) -> list[tuple[nn.Sequential, str, str]]:
+    """(sequential, conv name, BatchNorm name) for every BatchNorm directly after a conv inside an ``nn.Sequential``."""
+    pairs = []
+    for module in network.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, norm = module._modules[first], module._modules[second]
+            if (isinstance(conv, nn.modules.conv._ConvNd) and not isinstance(conv, nn.modules.conv._ConvTransposeNd)
+                    and isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats
+                    and conv.out_channels == norm.num_features):
+                pairs.append((module, first, second))
+    return pairs
 
 
 def _fold_batchnorm(network: nn.Module) -> int:
@@ -135,20 +151,11 @@ def _fold_batchnorm(network: nn.Module) -> int:
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    folds = 0
-    for module in network.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        names = list(module._modules)
-        for first, second in zip(names, names[1:]):
-            conv, norm = module._modules[first], module._modules[second]
-            if (isinstance(conv, nn.modules.conv._ConvNd) and not isinstance(conv, nn.modules.conv._ConvTransposeNd)
-                    and isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats
-                    and conv.out_channels == norm.num_features):
-                module._modules[first] = fuse_conv_bn_eval(conv, norm)
-                module._modules[second] = nn.Identity()
-                folds += 1
-    return folds
+    pairs = _conv_bn_pairs(network)
+    for module, first, second in pairs:
+        module._modules[first] = fuse_conv_bn_eval(module._modules[first], module._modules[second])
+        module._modules[second] = nn.Identity()
+    return len(pairs)
 
 
 def prepare_network(network: nn.Module, device: torch.device | str, path: FastPath,

@@ -111,7 +111,7 @@ def test_inference_through_onnxruntime_equals_torch(phantom_dir, tmp_path):
     torch.save({"model": network.state_dict()}, weights)
     export_onnx(network, tmp_path / "model.onnx", SLICE)
     case = phantom_dir / "case_00002" / "imaging.nii.gz"
-    torch_run = _infer(case, tmp_path / "torch", weights)
+    torch_run = _infer(case, tmp_path / "torch", weights, precision="fp32", channels_last=False)  # as ORT: plain fp32
     assert torch_run.returncode == 0, torch_run.stderr[-3000:]
     ort_run = _infer(case, tmp_path / "ort", tmp_path / "missing.pt", backend="onnxruntime",
                      onnx_path=tmp_path / "model.onnx")

@@ -63,15 +63,17 @@ def test_bf16_agrees_with_fp32():
 def test_auto_choice_follows_the_hardware(monkeypatch):
     net = _nets()["wp"]
     monkeypatch.setattr(fast_path, "cpu_supports_bf16", lambda: True)
-    assert choose_fast_path(net, "cpu") == FastPath("bf16", True, True, "none", 1)
+    assert choose_fast_path(net, "cpu") == FastPath("bf16", True, False, "none", 1)  # WP-UNet: no conv->BN pair
     monkeypatch.setattr(fast_path, "cpu_supports_bf16", lambda: False)
-    assert choose_fast_path(net, "cpu") == FastPath("fp32", True, True, "none", 1)
+    assert choose_fast_path(net, "cpu") == FastPath("fp32", True, False, "none", 1)
+    with_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    assert choose_fast_path(with_bn, "cpu").fold_batchnorm
     cuda = choose_fast_path(net, "cuda")  # no GPU needed: the choice only reads the device type
     assert cuda.precision == "fp16" and cuda.sw_batch_size == 32 and not cuda.channels_last  # depthwise net
     assert choose_fast_path(_nets()["pocket"], "cuda").channels_last
     assert has_depthwise_convs(net) and not has_depthwise_convs(_nets()["pocket"])
     explicit = choose_fast_path(net, "cpu", precision="fp32", channels_last="False", sw_batch_size="4")
-    assert explicit == FastPath("fp32", False, True, "none", 4)
+    assert explicit == FastPath("fp32", False, False, "none", 4)
 
 
 def test_non_torch_backends_pass_through():

@@ -275,7 +275,8 @@ def test_three_processes_and_one_process_write_the_monolithic_segmentation(phant
     mono = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file",
          str(BUNDLE_ROOT / "configs" / "inference.json"),
-         *_bundle_args(contrast_weights, case, tmp_path / "mono")],
+         *_bundle_args(contrast_weights, case, tmp_path / "mono"), "--precision", "fp32",
+         "--channels_last", "False"],  # the partitioned pipeline runs plain fp32
         cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert mono.returncode == 0, mono.stderr[-3000:]
     parts = tmp_path / "parts"
