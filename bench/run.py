@@ -402,7 +402,9 @@ def render(result: dict) -> str:
     if dice:
         from dice_variants import markdown
 
-        lines += [f"{dice['cases']} held-out phantoms of the demo (`{dice['test_dir']}`), DEMO weights (WP-UNet "
+        test_dir = Path(dice["test_dir"])
+        test_dir = test_dir.relative_to(REPO) if test_dir.is_relative_to(REPO) else test_dir
+        lines += [f"{dice['cases']} held-out phantoms of the demo (`{test_dir}`), DEMO weights (WP-UNet "
                   "16-128 at 128x128, trained briefly by `bash demo.sh`); differences are paired, in Dice points, "
                   "mean ± standard error over cases; tumour over the cases with a tumour.", "", markdown(dice)]
     else:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CPU fast-path benchmark (issue 7): builds the separate benchmark environment .venv-bench (the bundle's pinned
 # requirements + nnU-Net's dynamic-network-architectures, whose declared timm/torchvision dependencies are skipped so
-# torch stays 2.13.0), then runs bench/run.py. About 20 min on 2 cores; `bash bench/run.sh --quick` is a 2-min smoke run.
+# torch stays 2.13.0), then runs bench/run.py. About 13 min on 2 cores (plus building .venv-bench once); `bash bench/run.sh --quick` is a 2-min smoke run.
 # Results: docs/performance.md and bench/results/performance_<date>.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
