@@ -124,18 +124,23 @@ def test_skip_empty_slices():
     np.testing.assert_array_equal(full, label)  # ThresholdNet labels air slices background anyway
 
 
+def _numpy_peak(function, *args):
+    """``function(*args)`` and the peak of the memory numpy (and Python) allocated meanwhile (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        result = function(*args)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_no_full_resolution_float_copy():
     """numpy allocations while segmenting stay near the uint8 output: no float32 (4 B/voxel) volume is made."""
     shape = (256, 256, 64)
     ct = LoadedCT("big.nii.gz", np.full(shape, -1000, np.int16), np.eye(4))
     ct.voxels[60:200, 60:200, :] = 100
     segmenter = StreamingSegmenter(ThresholdNet(), slice_size=(64, 64), chunk_slices=8)
-    tracemalloc.start()
-    try:
-        label, _ = segmenter.segment(ct)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    (label, _), peak = _numpy_peak(segmenter.segment, ct)
     output_bytes = label.nbytes
     slab_bytes = 256 * 256 * 8 * 4  # one float32 chunk of 8 slices
     assert peak < output_bytes + 4 * slab_bytes, (peak, output_bytes)
@@ -190,12 +195,7 @@ def test_streamed_read_holds_one_slab(tmp_path):
     scan = tmp_path / "ras.nii"  # uncompressed: nibabel maps it; slabs are read on demand
     nib.save(nib.Nifti1Image(volume, np.eye(4)), str(scan))
     segmenter = StreamingSegmenter(ThresholdNet(), slice_size=(64, 64), chunk_slices=8)
-    tracemalloc.start()
-    try:
-        label, _ = segmenter.segment_file(scan)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    (label, _), peak = _numpy_peak(segmenter.segment_file, scan)
     assert label.shape == volume.shape and label[100, 100, 30] > 0
     assert peak < label.nbytes + 4 * 256 * 256 * 8 * 4 and peak < volume.nbytes, peak
 
