@@ -82,8 +82,7 @@ class LoadedCT:
             try:
                 block = np.asarray(self.proxy._get_unscaled(slicer))
             except _READ_ERRORS as exc:
-                reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-                raise InputError(f"{self.source}: cannot be read ({reason}); the file is truncated or damaged") from None
+                raise _damaged(self.source, exc) from None
             self._note(block)
             yield z0, z1, nib.orientations.apply_orientation(block, ornt)
         if self._range[0] <= self._range[1]:
@@ -98,6 +97,12 @@ class LoadedCT:
     def release(self) -> None:
         """Drop the voxels (and the open file) once the network has seen every slice."""
         self.voxels, self.proxy = None, None
+
+
+def _damaged(path, exc: BaseException) -> InputError:
+    """The one-line error for a file whose voxel data a reader could not decode."""
+    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return InputError(f"{path}: cannot be read ({reason}); the file is truncated or damaged")
 
 
 def _scaling(image: nib.Nifti1Image) -> tuple[float, float]:
@@ -117,8 +122,7 @@ def _read_nifti(path: Path, stream: bool = True) -> LoadedCT:
             return LoadedCT(str(path), None, affine, slope, inter, proxy=image.dataobj, stored_shape=shape)
         voxels = np.asarray(image.dataobj.get_unscaled())
     except _READ_ERRORS as exc:
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: cannot be read ({reason}); the file is truncated or damaged") from None
+        raise _damaged(path, exc) from None
     if voxels.ndim == 4 and voxels.shape[3] == 1:
         voxels = voxels[..., 0]
     return LoadedCT(str(path), voxels, affine, slope, inter)
