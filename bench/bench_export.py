@@ -3,13 +3,13 @@
 
 For each network (the default WP-UNet of ``configs/inference.json`` and the demo WP-UNet of ``configs/demo.json``,
 RANDOM-INIT weights: latency does not depend on the weights' values), exports ONNX with
-:func:`scripts.onnx_export.export_onnx`, checks the max abs difference on the benchmark batch, then times
+:func:`scripts.inference.onnx_backend.export_onnx`, checks the max abs difference on the benchmark batch, then times
 ``--repeats`` forward passes of a ``(batch, 1, 256, 256)`` batch of random slices, torch and ORT interleaved (so
 both see the same machine load), both with ``--threads`` threads. Writes ``bench/results/export_<date>.json`` and
 prints a markdown table for ``docs/export.md``.
 
 With ``--e2e``, also runs the whole inference workflow (``monai.bundle run inferring``, demo network, one
-SYNTHETIC phantom from :func:`scripts.phantoms.generate_dataset`) with ``--backend torch`` and ``--backend
+SYNTHETIC phantom from :func:`scripts.synthetic.phantoms.generate_dataset`) with ``--backend torch`` and ``--backend
 onnxruntime`` alternately, ``--e2e-repeats`` times each, and reports the wall times (process start included).
 
 Run from the bundle root::
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from monai.bundle import ConfigParser  # noqa: E402
 
-from scripts.onnx_export import OnnxRuntimeNetwork, export_onnx  # noqa: E402
+from scripts.inference.onnx_backend import OnnxRuntimeNetwork, export_onnx  # noqa: E402
 
 NETWORKS = {"default WP-UNet (configs/inference.json)": ["configs/inference.json"],
             "demo WP-UNet (configs/demo.json)": ["configs/inference.json", "configs/demo.json"]}
@@ -119,7 +119,7 @@ def _end_to_end(args) -> dict:
     import nibabel as nib
     import numpy as np
 
-    from scripts.phantoms import generate_dataset
+    from scripts.synthetic.phantoms import generate_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -3,7 +3,7 @@
 Used by ``bench/run.py`` (and runnable alone). The weights are the DEMO weights (``bash demo.sh``: WP-UNet
 16-32-64-128-128 at 128x128 slices, trained briefly on SYNTHETIC phantoms), the cases are the demo's held-out
 SYNTHETIC test phantoms (``demo_output/data/test``, never used in training or model selection). Each variant
-segments every case through the bundle's streaming segmenter (``scripts/streaming.py``); kidney (labels 1+2) and
+segments every case through the bundle's streaming segmenter (``scripts/inference/streaming.py``); kidney (labels 1+2) and
 tumour (label 2) Dice are computed per case against the ground truth, and the paired difference to the dense fp32
 model is reported in Dice points (mean +- standard error over cases). Tumour Dice is averaged over the cases whose
 ground truth has a tumour. Nothing here is evidence of accuracy on real CT.
@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from scripts.checkpoint import load_weights  # noqa: E402
-from scripts.fast_path import FastPath, choose_fast_path, cpu_supports_bf16  # noqa: E402
-from scripts.streaming import StreamingSegmenter  # noqa: E402
+from scripts.common.weights import load_weights  # noqa: E402
+from scripts.inference.fast_path import FastPath, choose_fast_path, cpu_supports_bf16  # noqa: E402
+from scripts.inference.streaming import StreamingSegmenter  # noqa: E402
 
 DEMO_CHANNELS, DEMO_SLICE = (16, 32, 64, 128, 128), (128, 128)
 WITHIN_POINTS = 0.5
@@ -80,7 +80,7 @@ def _demo_network(channels=DEMO_CHANNELS) -> torch.nn.Module:
 
 def variants(weights: Path, pruned: Path | None, channel: Path | None, workdir: Path) -> dict:
     """``{name: (network, FastPath)}``: precision/format variants of the dense model, then the pruned models."""
-    from scripts.onnx_export import OnnxRuntimeNetwork, export_onnx
+    from scripts.inference.onnx_backend import OnnxRuntimeNetwork, export_onnx
 
     dense = load_weights(_demo_network(), weights).eval()
     auto = choose_fast_path(dense, "cpu")

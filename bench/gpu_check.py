@@ -4,7 +4,7 @@ Run once on a machine with a GPU, from the bundle root, with the bundle's requir
 
     python bench/gpu_check.py --out gpu_results
 
-Everything here uses SYNTHETIC phantoms (``scripts/phantoms.py``) and a few epochs of training: the Dice values it
+Everything here uses SYNTHETIC phantoms (``scripts/synthetic/phantoms.py``) and a few epochs of training: the Dice values it
 prints show the pipeline runs, not accuracy. Steps, each timed:
 
 1. Network throughput (random weights, 256x256 slices, batch ``--batch``): slices/s of the default WP-UNet, SD-UNet,
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scripts.networks import PlainUNet, PocketUNet, SDUNet, WPUNet  # noqa: E402
-from scripts.phantoms import generate_dataset  # noqa: E402
+from scripts.synthetic.phantoms import generate_dataset  # noqa: E402
 
 LOG: list[str] = []
 
@@ -146,7 +146,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     res: dict = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (smoke run)", "torch": torch.__version__, "python": platform.python_version(),
                  "cpu_count": os.cpu_count(), "bf16_supported": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-                 "data": "SYNTHETIC phantoms (scripts/phantoms.py); random or briefly trained weights"}
+                 "data": "SYNTHETIC phantoms (scripts/synthetic/phantoms.py); random or briefly trained weights"}
     say(f"GPU {res['gpu']}, torch {res['torch']}, python {res['python']}, {res['cpu_count']} CPUs")
     try:
         if not (args.skip_throughput or args.smoke):

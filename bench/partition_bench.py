@@ -215,7 +215,7 @@ def main(argv=None):
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d_%H%M")
     out = results_dir / f"partition_{stamp}{('_' + args.tag) if args.tag else ''}.json"
-    from scripts.atomic import atomic_write_text, replace_marked_block
+    from scripts.common.atomic import atomic_write_text, replace_marked_block
 
     atomic_write_text(out, json.dumps(record, indent=1))
     print(markdown(record))

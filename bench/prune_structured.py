@@ -2,7 +2,7 @@
 
 The table of ``docs/pruning.md`` ("Channel pruning: the aim") comes from this script:
 
-1. Phantoms (``scripts/phantoms.py``): ``--num-train`` training cases (split into train / validation folds by the
+1. Phantoms (``scripts/synthetic/phantoms.py``): ``--num-train`` training cases (split into train / validation folds by the
    bundle, fold 0 of 4) and ``--num-test`` held-out cases; the demo-size WP-UNet (``configs/demo.json``) trained
    ``--epochs`` epochs with ``run training``. ``--reuse`` keeps both (and every finished run below).
 2. The fair baseline: the **dense** model given the same ``--finetune-epochs`` at ``--finetune-lr`` (cosine) as the
@@ -44,8 +44,8 @@ sys.path.insert(0, str(BUNDLE_ROOT))
 sys.path.insert(0, str(BUNDLE_ROOT / "bench"))
 
 from prune_sweep import DEMO, EVALUATE, PRUNE, STRUCTURED, TRAIN, bundle, time_per_slice  # noqa: E402
-from scripts.atomic import atomic_write_text, replace_marked_block  # noqa: E402
-from scripts.phantoms import generate_dataset  # noqa: E402
+from scripts.common.atomic import atomic_write_text, replace_marked_block  # noqa: E402
+from scripts.synthetic.phantoms import generate_dataset  # noqa: E402
 
 # configs/prune_channels.json's setting (its fine-tuning comes from --finetune-epochs / --finetune-lr)
 DEFAULT_PATTERNS = {"uniform_0.5": {"channel_ratio": 0.5, "channel_stage_ratios": {}, "channel_round_to": 8}}

@@ -1,6 +1,6 @@
 """Pruning sweep on SYNTHETIC phantoms: Dice vs sparsity, and CPU latency dense vs unstructured vs channel-pruned.
 
-1. Generates KiTS-like phantoms (``scripts/phantoms.py``): a training set (split into train/validation folds by the
+1. Generates KiTS-like phantoms (``scripts/synthetic/phantoms.py``): a training set (split into train/validation folds by the
    bundle) and a held-out test set.
 2. Trains the demo-size WP-UNet (``configs/demo.json``) briefly with ``run training``.
 3. For every sparsity S in ``--sparsities``: ``run pruning`` (global magnitude over conv kernels, the default) with
@@ -37,8 +37,8 @@ import torch
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BUNDLE_ROOT))
 
-from scripts.atomic import atomic_write_text  # noqa: E402
-from scripts.phantoms import generate_dataset  # noqa: E402
+from scripts.common.atomic import atomic_write_text  # noqa: E402
+from scripts.synthetic.phantoms import generate_dataset  # noqa: E402
 
 TRAIN, DEMO, PRUNE = "configs/train.json", "configs/demo.json", "configs/prune.json"
 EVALUATE, STRUCTURED = "configs/evaluate.json", "configs/structured.json"

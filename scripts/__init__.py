@@ -1,25 +1,6 @@
-"""Kidney and kidney-tumour CT segmentation bundle: networks, transforms, handlers and data tools.
+"""Kidney and kidney-tumour CT segmentation bundle (MONAI bundle ``scripts`` package).
 
-Configs refer to these as ``scripts.<module>.<name>``; run MONAI bundle commands from the bundle root
-so that ``scripts`` is importable (``python -m monai.bundle`` puts the working directory on ``sys.path``).
+Nothing is imported here: importing one part must not import all of them. Configs name components by their full
+module path (``"_target_": "scripts.networks.WPUNet"``); run bundle commands from the bundle root (or with it on
+``PYTHONPATH``). ``docs/architecture.md`` lists the packages, their roles and which may import which.
 """
-
-from .checkpoint import ResumableCheckpoint
-from .errors import InputError, InputErrorHandler
-from .metrics import KiTSCaseMetrics, KiTSMetricsHandler, LabelToRegionsd
-from .networks import WPUNet
-from .validation import LoadImageCheckedd, ValidateCTd
-from .writers import SaveSegmentationd
-
-__all__ = [
-    "InputError",
-    "InputErrorHandler",
-    "KiTSCaseMetrics",
-    "KiTSMetricsHandler",
-    "LabelToRegionsd",
-    "LoadImageCheckedd",
-    "ResumableCheckpoint",
-    "SaveSegmentationd",
-    "ValidateCTd",
-    "WPUNet",
-]

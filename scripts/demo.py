@@ -13,44 +13,14 @@ from __future__ import annotations
 
 import csv
 import json
-import shlex
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from .phantoms import generate_dataset
+from .reports.workflow import BUNDLE_ROOT, bundle_command, run_step
+from .synthetic.phantoms import generate_dataset
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 DEMO_OVERLAY = "configs/demo.json"
-
-
-def run_step(args: list[str], log_path: Path) -> float:
-    """Run one bundle command, echo it, tee its output to ``log_path``; return seconds taken."""
-    shown = ["python" if a == sys.executable else f'"{a}"' if "'" in a else shlex.quote(a) for a in args]
-    print("\n$ " + " ".join(shown), flush=True)
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(args, cwd=BUNDLE_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in process.stdout:
-            log.write(line)
-            log.flush()
-            if " - INFO - " not in line or "Epoch[" in line and "Metrics" in line or "resumed" in line:
-                sys.stdout.write(line)
-        process.wait()
-    if process.returncode != 0:
-        sys.exit(f"demo: step failed (exit {process.returncode}); full log in {log_path}")
-    return time.perf_counter() - start
-
-
-def bundle_command(run_id: str, config_files: list[str], **overrides) -> list[str]:
-    config_list = "[" + ",".join(f"'{name}'" for name in config_files) + "]"
-    args = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_list,
-            "--bundle_root", str(BUNDLE_ROOT), "--logging_file", "configs/logging.conf"]
-    for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else repr(value) if isinstance(value, bool) else json.dumps(value)]
-    return args
 
 
 def main(output_dir: str = "demo_output", num_train: int = 48, num_test: int = 8, epochs: int = 30,

@@ -24,15 +24,9 @@ TINY_OVERRIDES = {"network_def#channels": [4, 8, 16], "network_def#strides": [2,
 def run_bundle(run_id: str, config_files, tiny: bool = True, **overrides):
     """``python -m monai.bundle run <run_id>`` in a subprocess from the bundle root (``TINY_OVERRIDES`` first when
     ``tiny``); returns the ``CompletedProcess`` with text output."""
-    import json
-    import subprocess
+    from scripts.reports.workflow import run_bundle as run
 
-    args = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(config_files),
-            "--bundle_root", str(BUNDLE_ROOT)]
-    for key, value in {**(TINY_OVERRIDES if tiny else {}), **overrides}.items():
-        args += [f"--{key}", value if isinstance(value, str) else repr(value) if isinstance(value, bool)
-                 else json.dumps(value)]
-    return subprocess.run(args, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=600)
+    return run(run_id, config_files, **{**(TINY_OVERRIDES if tiny else {}), **overrides})
 
 
 def shared_path(*parts: str) -> Path:
@@ -46,7 +40,7 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """Four small synthetic KiTS-layout phantoms (96x96 in-plane, 5 mm slices; both storage layouts)."""
-    from scripts.phantoms import generate_dataset
+    from scripts.synthetic.phantoms import generate_dataset
 
     out = tmp_path_factory.mktemp("phantoms")
     generate_dataset(str(out), num_cases=4, seed=3, in_plane_size=96, slice_thickness_range=(5.0, 5.0))

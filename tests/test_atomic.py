@@ -1,10 +1,10 @@
-"""scripts.atomic.replace_marked_block: generated blocks of docs are replaced in place, the prose around them kept."""
+"""scripts.common.atomic.replace_marked_block: generated blocks of docs are replaced in place, the prose around them kept."""
 
 from __future__ import annotations
 
 import pytest
 
-from scripts.atomic import replace_marked_block
+from scripts.common.atomic import replace_marked_block
 
 BEGIN, END = "<!-- gen:begin -->", "<!-- gen:end -->"
 

@@ -1,7 +1,7 @@
 """Bad input gives one clear message naming the file and the problem, and leaves nothing half-written.
 
 Each case runs the ``inferring`` workflow in-process and checks that the error chain holds an
-:class:`~scripts.errors.InputError` whose message names the file (MONAI wraps errors raised inside config
+:class:`~scripts.common.errors.InputError` whose message names the file (MONAI wraps errors raised inside config
 expressions in a ``RuntimeError``; the command line prints the same message via ``find_input_error``), that
 the input files are unchanged (bytes and mtime) and that the output folder holds no file, temporary or not.
 A few cases run the real command line and check exit code 2 and the single ``error: ...`` line.
@@ -25,11 +25,13 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from conftest import BUNDLE_ROOT, TINY_OVERRIDES
-from scripts.engine_utils import check_bool_flags
-from scripts.errors import InputError, find_input_error
-from scripts.prepare_datalist import IMAGE_NAME, LABEL_NAME, load_datalist
-from scripts.validation import LoadImageCheckedd, check_datalist, check_image_file
-from scripts.writers import SaveSegmentationd
+from scripts.common.checks import check_bool_flags
+from scripts.common.errors import InputError, find_input_error
+from scripts.data.datalist import load_datalist
+from scripts.data.layout import IMAGE_NAME, LABEL_NAME
+from scripts.data.checks import check_datalist, check_image_file
+from scripts.data.transforms import LoadImageCheckedd
+from scripts.outputs.writer import SaveSegmentationd
 
 CONFIG = BUNDLE_ROOT / "configs" / "inference.json"
 def ct_volume(shape=(16, 16, 6), dtype=np.int16) -> np.ndarray:

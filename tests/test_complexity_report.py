@@ -9,7 +9,7 @@ import pytest
 from monai.bundle import ConfigParser
 
 from conftest import BUNDLE_ROOT
-from scripts.complexity_report import COLUMNS, write_report
+from scripts.reports.complexity import COLUMNS, write_report
 from scripts.networks import PocketUNet, WPUNet, count_parameters
 
 CONFIG = BUNDLE_ROOT / "configs" / "complexity.json"
@@ -89,7 +89,7 @@ def test_committed_report_matches_the_built_models():
 
 def test_comparison_docs_and_remeasure(tmp_path):
     """The comparison's writer and ``remeasure``: parameters come from the built overlays, Dice is kept as given."""
-    from scripts.compare_networks import NETWORKS, _write, remeasure
+    from scripts.reports.network_comparison import NETWORKS, _write, remeasure
 
     rows = [{"network": label, "overlay": overlay, "params": 0, "macs": 0, "cpu_ms_per_slice": 1.0,
              "kidney_dice": 0.5 + i / 10, "tumour_dice": 0.25, "tumour_dice_cases_with_tumour": 0.3, "train_s": 9.0}

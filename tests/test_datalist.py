@@ -1,4 +1,4 @@
-"""Case-level k-fold datalists from a KiTS-layout folder (scripts/prepare_datalist.py), on tiny NIfTIs in tmp."""
+"""Case-level k-fold datalists from a KiTS-layout folder (scripts/data/datalist.py), on tiny NIfTIs in tmp."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from monai.data import load_decathlon_datalist
 
 from conftest import BUNDLE_ROOT
-from scripts.errors import InputError
-from scripts.prepare_datalist import (
+from scripts.common.errors import InputError
+from scripts.data.datalist import (
     IMAGE_NAME,
     LABEL_NAME,
     build_datalist,
@@ -200,7 +200,7 @@ def test_cli_writes_datalist(tmp_path):
     root = make_kits(tmp_path / "kits", 6)
     output = tmp_path / "out" / "datalist.json"
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.prepare_datalist", "--dataset_dir", str(root), "--output", str(output),
+        [sys.executable, "-m", "scripts.data.datalist", "--dataset_dir", str(root), "--output", str(output),
          "--num_folds", "3", "--seed", "1"],
         cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=120,
     )

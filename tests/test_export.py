@@ -15,7 +15,7 @@ from monai.networks.nets import BasicUNet
 
 from conftest import BUNDLE_ROOT, TINY_OVERRIDES
 from scripts.networks import PlainUNet, PocketUNet, SDUNet, WPUNet
-from scripts.onnx_export import OnnxRuntimeNetwork, export_onnx, max_abs_difference
+from scripts.inference.onnx_backend import OnnxRuntimeNetwork, export_onnx, max_abs_difference
 
 INFERENCE = str(BUNDLE_ROOT / "configs" / "inference.json")
 META = str(BUNDLE_ROOT / "configs" / "metadata.json")
@@ -68,7 +68,7 @@ def test_torchscript_matches_torch(name, tmp_path):
 
 
 def test_ckpt_export_and_onnx_cli(tiny_weights, tmp_path):
-    """The documented commands: ``monai.bundle ckpt_export`` (TorchScript) and ``scripts.onnx_export`` (ONNX)."""
+    """The documented commands: ``monai.bundle ckpt_export`` (TorchScript) and ``scripts.inference.onnx_backend`` (ONNX)."""
     ts = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"),
          "--ckpt_file", str(tiny_weights), "--meta_file", META, "--config_file", INFERENCE, "--key_in_ckpt", "model",
@@ -76,7 +76,7 @@ def test_ckpt_export_and_onnx_cli(tiny_weights, tmp_path):
         cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300)
     assert ts.returncode == 0, ts.stderr[-3000:]
     onnx = subprocess.run(
-        [sys.executable, "-m", "scripts.onnx_export", "--config_file", INFERENCE, "--ckpt_file", str(tiny_weights),
+        [sys.executable, "-m", "scripts.inference.onnx_backend", "--config_file", INFERENCE, "--ckpt_file", str(tiny_weights),
          "--onnx_path", str(tmp_path / "model.onnx"), *_overrides()],
         cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300)
     assert onnx.returncode == 0, onnx.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""scripts/fast_path.py: the automatic choice, each lever's exactness, and clear errors for bad values."""
+"""scripts/inference/fast_path.py: the automatic choice, each lever's exactness, and clear errors for bad values."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-import scripts.fast_path as fast_path
-from scripts.fast_path import FastPath, choose_fast_path, has_depthwise_convs, predict_labels, prepare_network
+import scripts.inference.fast_path as fast_path
+from scripts.inference.fast_path import FastPath, choose_fast_path, has_depthwise_convs, predict_labels, prepare_network
 from scripts.networks import PocketUNet, SDUNet, WPUNet
 
 

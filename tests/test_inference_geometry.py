@@ -26,7 +26,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from scipy.ndimage import binary_dilation, binary_erosion
 
 from conftest import BUNDLE_ROOT, TINY_OVERRIDES, shared_path
-from scripts.prepare_datalist import IMAGE_NAME, LABEL_NAME
+from scripts.data.layout import IMAGE_NAME, LABEL_NAME
 
 CONFIG = BUNDLE_ROOT / "configs" / "inference.json"
 LABEL_NAMES = {"kidney": 1, "tumor": 2}

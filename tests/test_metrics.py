@@ -1,4 +1,4 @@
-"""Tests for scripts/metrics.py: KiTS regions, per-case metrics, reports and the evaluation handler (CPU, fast).
+"""Tests for scripts/evaluation/metrics.py: KiTS regions, per-case metrics, reports and the evaluation handler (CPU, fast).
 
 Run from the bundle root: ``python -m pytest tests/test_metrics.py -q``.
 """
@@ -22,7 +22,7 @@ from monai.data import DataLoader, MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
-from scripts.metrics import (
+from scripts.evaluation.metrics import (
     KiTSCaseMetrics,
     KiTSMetricsHandler,
     LabelToRegionsd,
@@ -275,7 +275,7 @@ def test_case_metrics_argument_errors():
 
 def test_label_outside_regions_warns(caplog):
     label = _cube((6, 6, 6), (1, 1, 1), 3, value=3)  # a cyst, but KiTS19 regions
-    with caplog.at_level(logging.WARNING, logger="scripts.metrics"):
+    with caplog.at_level(logging.WARNING, logger="scripts.evaluation.metrics"):
         row = KiTSCaseMetrics(keep_cyst=False)(label, label, spacing=(1.0, 1.0, 1.0))
     assert "outside every region" in caplog.text
     assert row["kidney_status"] == "both_empty"
@@ -390,7 +390,7 @@ def test_handler_with_supervised_evaluator(tmp_path, caplog):
         inferer=SimpleInferer(),
         val_handlers=[handler],
     )
-    with caplog.at_level(logging.INFO, logger="scripts.metrics"):
+    with caplog.at_level(logging.INFO, logger="scripts.evaluation.metrics"):
         evaluator.run()
 
     out = tmp_path / "metrics"

@@ -8,7 +8,7 @@ it checks is ``../shared/reference/monai_label.md``.
 
 Inputs: ten axial slices (5..14, both kidneys) of the real CT ``../shared/data/totalseg_example/example_ct_sm.nii.gz``
 (Apache-2.0; the crop is written to the temporary studies folder only) and SYNTHETIC phantoms from
-``scripts/phantoms.py``. The bundle's default (full-size) network is served, about 7 GMAC per slice, so the volumes
+``scripts/synthetic/phantoms.py``. The bundle's default (full-size) network is served, about 7 GMAC per slice, so the volumes
 are kept to a few slices and the server runs with ``THP_MEM_ALLOC_ENABLE=1`` (docs/benchmark.md, fix 2) to keep
 the run short on a CPU.
 
@@ -122,8 +122,8 @@ def test_train_config_runs_once_with_the_run_id_slicer_sends(phantom_dir, tmp_pa
 
 
 def test_lazy_datalist_reads_the_dataset_only_when_used(tmp_path, phantom_dir):
-    from scripts.errors import InputError
-    from scripts.prepare_datalist import LazyDatalist, load_datalist
+    from scripts.common.errors import InputError
+    from scripts.data.datalist import LazyDatalist, load_datalist
 
     unused = LazyDatalist(str(tmp_path / "absent"))  # constructing it reads nothing
     with pytest.raises(InputError, match="absent"):
@@ -133,7 +133,7 @@ def test_lazy_datalist_reads_the_dataset_only_when_used(tmp_path, phantom_dir):
 
 
 def _write_small_ct() -> str:
-    from scripts.phantoms import generate_phantom
+    from scripts.synthetic.phantoms import generate_phantom
 
     image, _, affine = generate_phantom(1, in_plane_size=32, slice_thickness_range=(10.0, 10.0))
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"kidney_ml_{uuid.uuid4().hex[:8]}.nii.gz"
@@ -249,7 +249,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _phantom(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A small SYNTHETIC phantom (64x64 in-plane, 10 mm slices) cut to the slices holding a kidney."""
-    from scripts.phantoms import generate_phantom
+    from scripts.synthetic.phantoms import generate_phantom
 
     image, label, affine = generate_phantom(seed, in_plane_size=64, slice_thickness_range=(10.0, 10.0))
     z = np.nonzero((label > 0).any(axis=(0, 1)))[0]
@@ -261,7 +261,7 @@ def _phantom(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _write_phantom(folder: Path, name: str, seed: int, kits_storage: bool) -> tuple[Path, Path]:
     """Write image and label NIfTIs; ``kits_storage`` stores them like KiTS (slice axis first, I-P-L)."""
-    from scripts.phantoms import ras_to_kits
+    from scripts.synthetic.phantoms import ras_to_kits
 
     image, label, affine = _phantom(seed)
     if kits_storage:

@@ -21,10 +21,10 @@ from pydicom.sr.codedict import codes
 
 from conftest import BUNDLE_ROOT, TINY_OVERRIDES, shared_path
 from dicom_fixtures import BOX, COLUMNS, ROWS, SLICES, copy_with_uids, write_synthetic_series
-from scripts.errors import InputError
-from scripts.output_formats import check_output_format, ras_to_lps, segment_style, write_dicom_seg
-from scripts.preview import TILE, render_preview
-from scripts.writers import SaveSegmentationd
+from scripts.common.errors import InputError
+from scripts.outputs.formats import check_output_format, ras_to_lps, segment_style, write_dicom_seg
+from scripts.outputs.preview import TILE, render_preview
+from scripts.outputs.writer import SaveSegmentationd
 
 LABELS = {"kidney": 1, "tumor": 2}
 INFERENCE = str(BUNDLE_ROOT / "configs" / "inference.json")

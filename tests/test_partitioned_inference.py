@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import BUNDLE_ROOT, TINY_OVERRIDES
-from scripts.errors import InputError
+from scripts.common.errors import InputError
 from scripts.networks import WPUNet
 from scripts.partitioning import (ChainedPartitions, PipelineDriver, StageServer, boundary_table, export_partitions,
                                   load_partition, partition_path, place_submodels, read_partition_meta,

@@ -36,7 +36,7 @@ from scripts.partitioning import (
     split_layers,
     split_network,
 )
-from scripts.partition_report import BEGIN, END, PARTITION_COLUMNS, TABLE2_COLUMNS, write_report
+from scripts.reports.partitions import BEGIN, END, PARTITION_COLUMNS, TABLE2_COLUMNS, write_report
 from scripts.partitioning.prefix_table import TABLE2_PREFIX_ENDS, prefix_table
 from scripts.pruning import apply_pruning, make_permanent
 

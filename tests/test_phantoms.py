@@ -1,4 +1,4 @@
-"""Tests for the SYNTHETIC KiTS-like phantom generator (scripts/phantoms.py).
+"""Tests for the SYNTHETIC KiTS-like phantom generator (scripts/synthetic/phantoms.py).
 
 Small in-plane sizes and thick slices keep every phantom well under a second.
 """
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from scripts import phantoms
-from scripts.phantoms import (
+from scripts.synthetic import phantoms
+from scripts.synthetic.phantoms import (
     FOV_RANGE_MM,
     LABELS,
     generate_dataset,
@@ -249,7 +249,7 @@ def test_kits_fraction_extremes(fraction, codes, tmp_path):
 
 def test_cli_writes_cases(tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "scripts.phantoms", "--out_dir", str(out), "--num_cases", "1",
+    cmd = [sys.executable, "-m", "scripts.synthetic.phantoms", "--out_dir", str(out), "--num_cases", "1",
            "--in_plane_size", "32", "--slice_thickness_range", "[20,20]"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

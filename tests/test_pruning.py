@@ -17,7 +17,7 @@ import torch.nn as nn
 from monai.networks.nets import UNet, BasicUNet
 
 from conftest import BUNDLE_ROOT, TINY_OVERRIDES, run_bundle
-from scripts.errors import InputError
+from scripts.common.errors import InputError
 from scripts.networks import PlainUNet, PocketUNet, SDUNet, WPUNet
 from scripts.pruning import (
     apply_pruning,

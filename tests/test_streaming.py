@@ -1,4 +1,4 @@
-"""The streaming segmenter (scripts/streaming.py) gives the MONAI pipeline's answer in bounded memory.
+"""The streaming segmenter (scripts/inference/streaming.py) gives the MONAI pipeline's answer in bounded memory.
 
 The reference is the config's own MONAI path (``--streaming False``: ``Orientationd`` -> ``ScaleIntensityRanged`` ->
 ``Resized`` -> ``SliceInferer`` -> ``KeepLargestConnectedComponentd`` -> ``Invertd``), run on the same files with the
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.ct_reader import LoadedCT, read_ct
-from scripts.errors import InputError
+from scripts.data.ct_reader import LoadedCT, read_ct
+from scripts.common.errors import InputError
 from scripts.networks import PocketUNet, WPUNet
-from scripts.phantoms import generate_phantom, write_kits_case
-from scripts.streaming import StreamingSegmenter, is_3d_network, model_grid_affine, ras_orientation
+from scripts.synthetic.phantoms import generate_phantom, write_kits_case
+from scripts.inference.streaming import StreamingSegmenter, is_3d_network, model_grid_affine, ras_orientation
 from test_inference_geometry import ThresholdNet, run_inference, save_nifti, synthetic_case
 
 FP32 = {"precision": "fp32", "channels_last": False, "fold_batchnorm": False, "compile": "none"}

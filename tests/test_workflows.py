@@ -155,7 +155,7 @@ def test_train_evaluate_infer_end_to_end(phantom_dir, tmp_path):
 @pytest.mark.slow
 def test_training_resumes_after_kill(phantom_dir, tmp_path):
     """kill -9 once a checkpoint exists; the same command then resumes from it and finishes."""
-    from scripts.checkpoint import find_last_checkpoint
+    from scripts.training.checkpoint import find_last_checkpoint
 
     ckpt, epochs = tmp_path / "models", 8
     args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--bundle_root",

@@ -53,7 +53,7 @@ _ANCHOR = "import torchvision.extension  # noqa: F401\n"
 
 # Bundle requirements the server does not get: the DICOM SEG writer (highdicom) needs pydicom 3, while MONAI Label
 # 0.8.5's pydicom-seg needs pydicom 2. MONAI Label writes its own outputs, so the server never calls that writer
-# (scripts/output_formats.py imports these packages only when a DICOM SEG is written).
+# (scripts/outputs/formats.py imports these packages only when a DICOM SEG is written).
 SERVER_EXCLUDED = ("pydicom", "highdicom", "pyjpegls")
 
 

@@ -1,4 +1,4 @@
-"""Segmentation networks of the bundle and complexity helpers.
+"""Segmentation networks of the bundle and complexity helpers. Imports nothing else of ``scripts``.
 
 Configs refer to them as ``scripts.networks.<Name>`` (e.g. ``"_target_": "scripts.networks.WPUNet"``); the overlays
 in ``configs/networks/`` select one network for training, evaluation and inference.

@@ -1,7 +1,10 @@
 """UNet-P / UNet-PWP (paper 002): a U-Net of the family as a layer list with explicit skips, Algorithm I's
 complexity-balanced partitioning into sub-models, their chained execution and boundary table, the std-rule
 pruning of each sub-model (UNet-PWP, Algorithm II) and paper 002 Table 2 as a prefix table; running the sub-models
-as TorchScript files in one process across devices or as a torch.distributed pipeline of processes (``runtime``)."""
+as TorchScript files in one process across devices or as a torch.distributed pipeline of processes (``runtime``).
+
+May import ``scripts.common``, ``scripts.data``, ``scripts.networks`` and ``scripts.pruning``.
+"""
 
 from .algorithm import partition_points
 from .layers import Concat, Layer, layer_list, run_layers

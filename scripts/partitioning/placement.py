@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..common.errors import InputError
 
 __all__ = ["resolve_devices", "place_submodels", "ChainedPartitions"]
 

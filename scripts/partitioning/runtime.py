@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import InputError
+from ..common.errors import InputError
 from .p2p import PipelineDriver, StageServer
 from .placement import ChainedPartitions, place_submodels, resolve_devices
 from .torchscript_io import (export_partitions, load_partition, partition_path, partitions_up_to_date,
@@ -97,7 +97,7 @@ def ensure_partitions(network_def: nn.Module, model_path: str | os.PathLike, num
                       model_name: str) -> list[Path]:
     """Export ``network_def`` with the weights of ``model_path``, split into ``num_partitions`` sub-models by
     ``measure``, to one TorchScript file each, unless files made from the same weights and settings exist."""
-    from ..validation import check_weights_file
+    from ..common.weights import check_weights_file
     from . import split_network
 
     check_weights_file(model_path)

@@ -3,7 +3,7 @@
 File ``<partitions_dir>/<model_name>_part<k>of<n>.ts`` (``k`` from 1) holds sub-model ``k - 1`` of ``n`` compiled with
 ``torch.jit.script`` (``torch.jit.trace`` if scripting fails) and, as the TorchScript extra file ``partition.json``,
 its position, its input and output activation names and a fingerprint of the weights and partitioning settings it
-was made from. Files are written atomically (``scripts.atomic``); a stage loads its file (or the file's bytes,
+was made from. Files are written atomically (``scripts.common.atomic``); a stage loads its file (or the file's bytes,
 received from rank 0) with :func:`load_partition`.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic import atomic_write
-from ..errors import InputError
+from ..common.atomic import atomic_write
+from ..common.errors import InputError
 
 __all__ = ["META_NAME", "partition_path", "weights_fingerprint", "compile_submodel", "export_partitions",
            "read_partition_meta", "partitions_up_to_date", "load_partition"]

@@ -1,9 +1,12 @@
 """Post-training pruning: unstructured masks (WP-UNet magnitude, UNet-PWP std rule), sparse storage, channel pruning,
-and the ``run pruning`` workflow driver (``configs/prune.json``)."""
+and the ``run pruning`` workflow driver (``configs/prune.json``).
+
+May import ``scripts.common``, ``scripts.data`` and ``scripts.networks``.
+"""
 
 from .storage import load_sparse_state_dict, save_checkpoint, save_sparse_state_dict
 from .structured import kept_channels, load_structured, output_layers, prune_channels, pruning_roots, root_ratios, shrink_to_state_dict
-from .workflow import check_pruning_flags, evaluate_dice, format_report_table, load_weights, run_pruning, run_structured_pruning
+from .workflow import check_pruning_flags, evaluate_dice, format_report_table, run_pruning, run_structured_pruning
 from .unstructured import (
     METHODS,
     SCOPES,
@@ -27,7 +30,6 @@ __all__ = [
     "kept_channels",
     "load_sparse_state_dict",
     "load_structured",
-    "load_weights",
     "output_layers",
     "prune_channels",
     "pruning_roots",

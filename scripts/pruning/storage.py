@@ -16,7 +16,7 @@ import zipfile
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
+from ..common.atomic import atomic_write
 
 __all__ = ["save_checkpoint", "save_sparse_state_dict", "load_sparse_state_dict"]
 
@@ -65,7 +65,7 @@ def save_sparse_state_dict(state_dict: dict, path: str | os.PathLike) -> None:
 
 def load_sparse_state_dict(path: str | os.PathLike) -> dict:
     """Read a file written by ``save_sparse_state_dict`` back into a dense state dict (bit-exact)."""
-    from ..errors import InputError
+    from ..common.errors import InputError
 
     try:
         with zipfile.ZipFile(path) as archive:

@@ -228,7 +228,7 @@ def shrink_to_state_dict(network: nn.Module, state_dict: dict) -> nn.Module:
 
 def load_structured(network: nn.Module, path: str | os.PathLike, map_location="cpu") -> nn.Module:
     """``network`` (built from ``network_def``) shrunk to the channel-pruned checkpoint at ``path`` and loaded."""
-    from ..errors import InputError
+    from ..common.errors import InputError
 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)

@@ -19,14 +19,14 @@ import torch
 import torch.nn as nn
 from ignite.engine import Events
 
-from ..atomic import atomic_write_text
-from ..checkpoint import load_weights
-from ..errors import InputError
+from ..common.atomic import atomic_write_text
+from ..common.weights import load_weights
+from ..common.errors import InputError
 from .storage import save_checkpoint, save_sparse_state_dict
 from .structured import kept_channels, prune_channels, root_ratios
 from .unstructured import METHODS, SCOPES, apply_pruning, make_permanent, sparsity_report
 
-__all__ = ["check_pruning_flags", "load_weights", "evaluate_dice", "run_pruning", "run_structured_pruning", "format_report_table"]
+__all__ = ["check_pruning_flags", "evaluate_dice", "run_pruning", "run_structured_pruning", "format_report_table"]
 
 logger = logging.getLogger("pruning")
 

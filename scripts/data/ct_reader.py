@@ -1,7 +1,7 @@
 """Read a CT for streaming inference without a full-resolution float copy.
 
 MONAI's ``LoadImaged`` returns the whole volume as float32 (4 bytes a voxel: 210 MB for 512x512x200, 1 GB for
-512x512x1000) and a C-ordered copy of it. The streaming segmenter (:mod:`scripts.streaming`) only needs the voxels
+512x512x1000) and a C-ordered copy of it. The streaming segmenter (:mod:`scripts.inference.streaming`) only needs the voxels
 as stored plus the scaling: a NIfTI file is read raw through nibabel (``int16`` for KiTS, 2 bytes a voxel) and the
 ``scl_slope``/``scl_inter`` are applied to one slice batch at a time. Other formats (DICOM series, NRRD, MHA) go
 through the bundle's checked MONAI loader with their stored dtype kept.
@@ -23,8 +23,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .errors import InputError
-from .validation import _MIN_EXPECTED_HU, _READ_ERRORS, NIFTI_SUFFIXES, LoadImageCheckedd, check_image_file
+from ..common.errors import InputError
+from .checks import MIN_EXPECTED_HU, READ_ERRORS, check_image_file
+from .layout import NIFTI_SUFFIXES
+from .transforms import LoadImageCheckedd
 
 __all__ = ["LoadedCT", "read_ct"]
 
@@ -81,12 +83,12 @@ class LoadedCT:
             slicer = (slice(None), slice(None), slice(lo, hi)) + (0,) * (len(self.stored_shape) - 3)
             try:
                 block = np.asarray(self.proxy._get_unscaled(slicer))
-            except _READ_ERRORS as exc:
+            except READ_ERRORS as exc:
                 raise _damaged(self.source, exc) from None
             self._note(block)
             yield z0, z1, nib.orientations.apply_orientation(block, ornt)
         if self._range[0] <= self._range[1]:
-            _warn_if_not_ct(self.source, *self._range, self.slope, self.inter, _MIN_EXPECTED_HU)
+            _warn_if_not_ct(self.source, *self._range, self.slope, self.inter, MIN_EXPECTED_HU)
 
     def _note(self, block: np.ndarray) -> None:
         low, high = block.min(), block.max()
@@ -121,7 +123,7 @@ def _read_nifti(path: Path, stream: bool = True) -> LoadedCT:
         if stream and int(nib.io_orientation(affine)[2, 0]) == 2 and hasattr(image.dataobj, "_get_unscaled"):
             return LoadedCT(str(path), None, affine, slope, inter, proxy=image.dataobj, stored_shape=shape)
         voxels = np.asarray(image.dataobj.get_unscaled())
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise _damaged(path, exc) from None
     if voxels.ndim == 4 and voxels.shape[3] == 1:
         voxels = voxels[..., 0]
@@ -158,7 +160,7 @@ def _warn_if_not_ct(source: str, low: float, high: float, slope: float, inter: f
                       "unreliable", stacklevel=3)
 
 
-def read_ct(path: str | os.PathLike, min_expected_hu: float = _MIN_EXPECTED_HU, stream: bool = True) -> LoadedCT:
+def read_ct(path: str | os.PathLike, min_expected_hu: float = MIN_EXPECTED_HU, stream: bool = True) -> LoadedCT:
     """Read and check one CT (NIfTI file, DICOM series folder, NRRD, MHA); bad input raises :class:`InputError`.
 
     With ``stream`` a NIfTI file whose last axis is the axial one is opened for slab-by-slab reading

@@ -16,13 +16,11 @@ from pathlib import Path
 
 import ignite.distributed as idist
 import torch
-import torch.nn as nn
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
-from .errors import InputError
 
-__all__ = ["ResumableCheckpoint", "find_last_checkpoint", "load_weights"]
+__all__ = ["ResumableCheckpoint", "find_last_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,19 +101,3 @@ class ResumableCheckpoint:
         engine.state.max_epochs = max_epochs
         self.resumed_from = path
         logger.info("resumed training from %s (epoch %d of %s)", path, engine.state.epoch, max_epochs)
-
-
-def load_weights(network: nn.Module, path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
-    """Load ``{"model": state_dict}`` (or a bare state dict) from ``path`` into ``network`` (``weights_only``)."""
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError, EOFError) as err:
-        raise InputError(f"{path}: cannot read trained weights ({err})") from None
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1].strip()
-        raise InputError(f"{path}: weights do not fit the configured network_def ({first}); pass the same "
-                         "network overlay (e.g. configs/demo.json) that trained them") from None
-    return network

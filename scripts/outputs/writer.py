@@ -2,11 +2,11 @@
 
 MONAI's ``SaveImaged`` names files after the input file (``imaging_seg.nii.gz`` for every KiTS case) and
 writes in place; a crash mid-write leaves a truncated file under the final name. This writer names
-outputs after the case (``case_00012.nii.gz``, see :func:`scripts.inputs.case_name`), reuses a NIfTI
+outputs after the case (``case_00012.nii.gz``, see :func:`scripts.data.layout.case_name`), reuses a NIfTI
 input's header (qform and sform kept exactly, not re-derived from a resampled affine), writes to a
 temporary name and renames it, and refuses to overwrite its own input. ``output_format`` picks NIfTI (default),
-a 3D Slicer ``.seg.nrrd`` or a DICOM SEG (:mod:`scripts.output_formats`); ``preview`` adds ``<case>_preview.png``
-(:mod:`scripts.preview`).
+a 3D Slicer ``.seg.nrrd`` or a DICOM SEG (:mod:`scripts.outputs.formats`); ``preview`` adds ``<case>_preview.png``
+(:mod:`scripts.outputs.preview`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from .atomic import atomic_write_text
-from .errors import InputError
-from .inputs import case_name
-from .output_formats import (
+from ..common.atomic import atomic_write_text
+from ..common.errors import InputError
+from ..data.layout import case_name
+from .formats import (
     OUTPUT_SUFFIXES,
     check_output_format,
     write_dicom_seg,

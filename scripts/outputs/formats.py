@@ -9,7 +9,7 @@
   SNOMED CT codes taken from pydicom's code dictionary (kidney: Anatomical Structure / Kidney 64033007;
   tumour: Morphologically Abnormal Structure / Neoplasm 108369006; cyst: ... / Cyst 367643001).
 
-Both are written to a temporary file in the destination folder and renamed (:mod:`scripts.atomic`).
+Both are written to a temporary file in the destination folder and renamed (:mod:`scripts.common.atomic`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
-from .errors import InputError
+from ..common.atomic import atomic_write
+from ..common.errors import InputError
 
 __all__ = ["OUTPUT_FORMATS", "OUTPUT_SUFFIXES", "SegmentStyle", "segment_style", "check_output_format",
            "write_seg_nrrd", "write_dicom_seg", "read_dicom_series", "ras_to_lps"]
@@ -74,7 +74,7 @@ def check_output_format(output_format: str, datalist: Sequence[Mapping[str, str]
 
 
 def write_output_atomically(target: Path, write, suffix: str = ".tmp") -> None:
-    """``scripts.atomic.atomic_write`` for a segmentation output: an ``OSError`` becomes an ``InputError`` naming it."""
+    """``scripts.common.atomic.atomic_write`` for a segmentation output: an ``OSError`` becomes an ``InputError`` naming it."""
     try:
         atomic_write(target, write, suffix)
     except OSError as exc:

@@ -2,7 +2,7 @@
 
 ``torchrun`` starts one process per GPU and sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``. Each process
 trains on its own shard of the data (``DistributedSampler``); DDP averages the gradients. Only rank 0 writes
-checkpoints (ignite's ``DiskSaver`` saves on rank 0, see :mod:`scripts.checkpoint`) and logs; every rank
+checkpoints (ignite's ``DiskSaver`` saves on rank 0, see :mod:`scripts.training.checkpoint`) and logs; every rank
 resumes from the same ``last_checkpoint_N.pt``. The process group uses NCCL on CUDA and gloo on the CPU.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-from .errors import InputError
+from ..common.errors import InputError
 
 __all__ = ["local_device", "init_process_group", "destroy_process_group", "rank_zero_handlers", "RANK_ZERO_ONLY"]
 

@@ -1,4 +1,4 @@
-"""Small helpers that connect MONAI engines to handlers from JSON configs."""
+"""Small helpers that connect MONAI engines to handlers from JSON configs (training and validation)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 from monai.handlers import from_engine
 
-__all__ = ["from_engine_channel", "check_bool_flags", "ValidateAtEnd"]
+__all__ = ["from_engine_channel", "ValidateAtEnd"]
 
 
 def from_engine_channel(keys: Sequence[str], channel: int) -> Callable:
@@ -18,20 +18,6 @@ def from_engine_channel(keys: Sequence[str], channel: int) -> Callable:
         return tuple([item[channel:stop] for item in values] for values in select(output))
 
     return transform
-
-
-def check_bool_flags(**flags) -> bool:
-    """Fail early when a command-line flag meant as a boolean arrived as text.
-
-    ``python -m monai.bundle run ... --resume false`` passes the *string* "false" (python-fire reads only
-    ``True``/``False`` as booleans), which a config would treat as true. Returns True for config lists.
-    """
-    from .errors import InputError
-
-    for name, value in flags.items():
-        if not isinstance(value, bool):
-            raise InputError(f"--{name}: got {value!r}; write True or False (capitalised) on the command line")
-    return True
 
 
 class ValidateAtEnd:

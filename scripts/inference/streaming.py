@@ -4,11 +4,11 @@ Same result as the MONAI pipeline of ``configs/inference.json`` (``Orientationd`
 -> ``Resized`` area -> ``SliceInferer`` -> argmax -> ``KeepLargestConnectedComponentd`` -> ``Invertd`` nearest),
 computed in a different order so that nothing of full resolution is ever held in float:
 
-1. the CT is read as stored (:func:`scripts.ct_reader.read_ct`: ``int16``, no float copy);
+1. the CT is read as stored (:func:`scripts.data.ct_reader.read_ct`: ``int16``, no float copy);
 2. the RAS orientation is a *view* of that array (flips and a transpose, :func:`nibabel.orientations.apply_orientation`),
    the same axis mapping ``Orientationd`` computes;
 3. slice batches are windowed, area-resized to the network size, run through the network
-   (:mod:`scripts.fast_path`) and reduced to uint8 labels at model resolution straight away;
+   (:mod:`scripts.inference.fast_path`) and reduced to uint8 labels at model resolution straight away;
 4. the largest connected components are kept on that small uint8 volume (MONAI's transform, as in the config);
 5. labels go back batch by batch (nearest, uint8) into a uint8 volume in the input's own axes, through the same
    orientation view, and the writer saves it in the input's geometry.
@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import KeepLargestConnectedComponent
 
-from .atomic import atomic_write_text
-from .checkpoint import load_weights
-from .ct_reader import LoadedCT, read_ct
-from .validation import check_weights_file
+from ..common.atomic import atomic_write_text
+from ..common.weights import load_weights
+from ..data.ct_reader import LoadedCT, read_ct
+from ..common.weights import check_weights_file
 
 __all__ = ["StreamingSegmenter", "is_3d_network", "network_with_weights", "ras_orientation", "model_grid_affine"]
 
@@ -91,13 +91,13 @@ class StreamingSegmenter:
 
     Args:
         network: a 2D network taking (B, 1, H, W) and returning (B, num_classes, H, W) logits, weights loaded
-            (a torch module, or :class:`scripts.onnx_export.OnnxRuntimeNetwork`).
+            (a torch module, or :class:`scripts.inference.onnx_backend.OnnxRuntimeNetwork`).
         device: where the network runs.
         hu_window: HU range mapped to [0, 1] and clipped (``hu_window`` of the config).
         slice_size: the network's in-plane input size.
         num_classes: network outputs (3: background, kidney, tumour; 4 with cyst).
         lcc_enabled: keep the ``lcc_num_components`` largest components of all foreground labels together.
-        fast_path: a :class:`scripts.fast_path.FastPath` (precision, memory format, folding, batch size); ``None``
+        fast_path: a :class:`scripts.inference.fast_path.FastPath` (precision, memory format, folding, batch size); ``None``
             runs the network as given in fp32 with batches of ``chunk_slices``.
         skip_empty_slices: slices with nothing above ``hu_window[0]`` become background without the network.
         chunk_slices: slices read, windowed and resampled together (bounded memory, vectorised work).
@@ -263,7 +263,7 @@ class StreamingSegmenter:
         return results
 
     def _writer_input(self, ct: LoadedCT, label: np.ndarray, preview: np.ndarray) -> dict:
-        """What :class:`scripts.writers.SaveSegmentationd` reads: the case's metadata and the input-grid label."""
+        """What :class:`scripts.outputs.writer.SaveSegmentationd` reads: the case's metadata and the input-grid label."""
         ornt = ras_orientation(ct.affine)
         meta = {"filename_or_obj": ct.source, "original_affine": ct.affine, "spatial_shape": np.asarray(label.shape),
                 "affine": torch.as_tensor(model_grid_affine(ct.affine, label.shape, ornt, self.slice_size))}

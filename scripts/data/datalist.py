@@ -12,7 +12,7 @@ training and validation. Paths are stored relative to ``dataset_dir`` and resolv
 
 Command line::
 
-    python -m scripts.prepare_datalist --dataset_dir /data/kits23 --output configs/datalist.json
+    python -m scripts.data.datalist --dataset_dir /data/kits23 --output configs/datalist.json
 """
 
 from __future__ import annotations
@@ -20,22 +20,19 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from monai.data import load_decathlon_datalist
 
-from .atomic import atomic_write_text
-from .errors import InputError
-from .validation import check_datalist
+from ..common.atomic import atomic_write_text
+from ..common.errors import InputError
+from .checks import check_datalist
+from .layout import CASE_PATTERN, IMAGE_NAME, LABEL_NAME
 
 __all__ = ["find_kits_cases", "build_datalist", "write_datalist", "load_datalist", "LazyDatalist", "split_folds",
            "evaluation_datalist"]
 
-CASE_PATTERN = re.compile(r"^case_\d{5}$")
-IMAGE_NAME = "imaging.nii.gz"
-LABEL_NAME = "segmentation.nii.gz"
 
 
 def find_kits_cases(dataset_dir: str | os.PathLike, require_label: bool = True) -> list[dict[str, str]]:
@@ -72,7 +69,7 @@ def build_datalist(dataset_dir: str | os.PathLike, num_folds: int = 5, seed: int
         items[index]["fold"] = rank % num_folds
     return {
         "name": "KiTS-layout kidney and kidney tumour CT",
-        "description": f"case-level {num_folds}-fold split, seed {seed}, built by scripts/prepare_datalist.py",
+        "description": f"case-level {num_folds}-fold split, seed {seed}, built by scripts/data/datalist.py",
         "labels": {"0": "background", "1": "kidney", "2": "tumor", "3": "cyst (KiTS21/23 only)"},
         "num_folds": num_folds,
         "seed": seed,

@@ -9,7 +9,7 @@ CPU session in an ``nn.Module`` so that the unchanged ``SliceInferer``/``Supervi
 
 Command line (bundle root)::
 
-    python -m scripts.onnx_export --config_file configs/inference.json --ckpt_file models/model.pt \\
+    python -m scripts.inference.onnx_backend --config_file configs/inference.json --ckpt_file models/model.pt \\
         --onnx_path models/model.onnx
 """
 
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import publish
-from .errors import InputError
+from ..common.atomic import publish
+from ..common.errors import InputError
 
 __all__ = ["BACKENDS", "check_backend", "export_onnx", "max_abs_difference", "OnnxRuntimeNetwork", "main"]
 
@@ -39,14 +39,14 @@ BACKENDS = ("torch", "onnxruntime")
 
 def check_backend(backend: str, model_path: str | os.PathLike, onnx_path: str | os.PathLike) -> str:
     """Stop with one line when the backend is unknown or its model file (``.pt`` or ``.onnx``) is missing."""
-    from .validation import check_weights_file
+    from ..common.weights import check_weights_file
 
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend!r}: unknown; choose one of {', '.join(BACKENDS)}")
     if backend == "torch":
         check_weights_file(model_path)
     elif not Path(onnx_path).is_file():
-        raise InputError(f"{onnx_path}: no ONNX model; export one with python -m scripts.onnx_export --config_file "
+        raise InputError(f"{onnx_path}: no ONNX model; export one with python -m scripts.inference.onnx_backend --config_file "
                          f"configs/inference.json --ckpt_file {model_path} --onnx_path {onnx_path}")
     return backend
 
@@ -87,7 +87,7 @@ class OnnxRuntimeNetwork(nn.Module):
 
         path = Path(onnx_path)
         if not path.is_file():
-            raise InputError(f"{path}: no ONNX model; export one with python -m scripts.onnx_export "
+            raise InputError(f"{path}: no ONNX model; export one with python -m scripts.inference.onnx_backend "
                              "--config_file configs/inference.json --ckpt_file models/model.pt --onnx_path "
                              f"{path}")
         options = ort.SessionOptions()

@@ -1,6 +1,6 @@
 """One-line, actionable errors for bad input instead of tracebacks from deep inside a library.
 
-Every check in :mod:`scripts.validation` raises :class:`InputError` with a message that starts with the
+Every check in :mod:`scripts.data.checks` raises :class:`InputError` with a message that starts with the
 offending path. :func:`install_excepthook` (run by each workflow's ``initialize``) turns an uncaught
 ``InputError`` - also one re-raised by a DataLoader worker or wrapped by ignite - into a single
 ``error: ...`` line on stderr and exit code 2. Set ``BUNDLE_DEBUG=1`` to get the full traceback.

@@ -16,32 +16,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import InputError
-from .prepare_datalist import CASE_PATTERN, IMAGE_NAME, LABEL_NAME
-from .validation import NIFTI_SUFFIXES, check_image_file
+from ..common.errors import InputError
+from .checks import check_image_file
+from .layout import CASE_PATTERN, IMAGE_NAME, VOLUME_SUFFIXES, case_name
 
-__all__ = ["list_inference_inputs", "case_name"]
-
-VOLUME_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-def _strip_suffix(name: str) -> str:
-    lower = name.lower()
-    for suffix in VOLUME_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def case_name(source: str | os.PathLike) -> str:
-    """Name of a case from its source path (``.../case_00012/imaging.nii.gz`` -> ``case_00012``)."""
-    path = Path(source)
-    if path.is_dir():
-        return path.name
-    if path.name in (IMAGE_NAME, LABEL_NAME) and CASE_PATTERN.match(path.parent.name):
-        return path.parent.name
-    return _strip_suffix(path.name)
-
+__all__ = ["list_inference_inputs"]
 
 def list_inference_inputs(input_path: str | os.PathLike) -> list[dict[str, str]]:
     """Return ``[{"image": path}, ...]`` for every case under ``input_path`` (checked, sorted)."""

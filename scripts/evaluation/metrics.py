@@ -57,8 +57,8 @@ from monai.utils import (
     string_list_all_gather,
 )
 
-from .atomic import atomic_write_text
-from .inputs import case_name
+from ..common.atomic import atomic_write_text
+from ..data.layout import case_name
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
@@ -204,7 +204,7 @@ def spacing_from_meta(img: Any) -> tuple[float, ...] | None:
 
 
 def case_name_from_path(path: PathLike) -> str:
-    """Case identifier from an image path, as the inference writer names outputs (:func:`scripts.inputs.case_name`)."""
+    """Case identifier from an image path, as the inference writer names outputs (:func:`scripts.data.layout.case_name`)."""
     return case_name(str(path))
 
 
@@ -538,7 +538,7 @@ class KiTSMetricsHandler:
 
     Example (evaluate.json)::
 
-        {"_target_": "scripts.metrics.KiTSMetricsHandler", "output_dir": "$@output_dir + '/metrics'",
+        {"_target_": "scripts.evaluation.metrics.KiTSMetricsHandler", "output_dir": "$@output_dir + '/metrics'",
          "keep_cyst": false, "argmax": true}
     """
 

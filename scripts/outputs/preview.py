@@ -1,7 +1,7 @@
 """A PNG to check a segmentation at a glance: a few axial slices through the kidneys and one coronal view.
 
 The preview shows the network's input (already HU-windowed to ``[0, 1]`` by the pre-processing, reoriented
-to RAS) with the label map overlaid in each label's colour (:func:`scripts.output_formats.segment_style`),
+to RAS) with the label map overlaid in each label's colour (:func:`scripts.outputs.formats.segment_style`),
 in radiological convention (patient's right on the image's left, anterior / superior at the top). The label
 map, in the input's original grid, is sampled onto the image grid by nearest neighbour through the two
 affines, only for the slices shown, so the cost is a few hundred thousand voxels per case.
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_write
-from .output_formats import segment_style
+from ..common.atomic import atomic_write
+from .formats import segment_style
 
 __all__ = ["render_preview", "save_preview"]
 

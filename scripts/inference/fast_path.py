@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .errors import InputError
+from ..common.errors import InputError
 
 __all__ = ["FastPath", "cpu_supports_bf16", "choose_fast_path", "prepare_network", "predict_labels",
            "has_depthwise_convs"]

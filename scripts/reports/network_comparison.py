@@ -1,7 +1,7 @@
 """Train every 2D network of the family with one recipe on the same SYNTHETIC phantoms and compare held-out Dice
 with parameters and CPU latency.
 
-``python -m scripts.compare_networks main`` (after ``source tools/setup_venv.sh``) writes
+``python -m scripts.reports.network_comparison main`` (after ``source tools/setup_venv.sh``) writes
 ``docs/network_comparison.csv``, ``docs/network_comparison.md`` and ``docs/network_comparison.png`` (Dice vs parameters). Every network is trained by
 the bundle's own ``run training`` with its overlay from ``configs/networks/`` at the demo scale (128x128 slices, first
 level 16 features), the same phantoms, seed, epochs and steps, then evaluated by ``run evaluating`` on held-out
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_text, publish
-from .demo import BUNDLE_ROOT, bundle_command, run_step
-from .phantoms import generate_dataset
+from ..common.atomic import atomic_write_text, publish
+from .workflow import BUNDLE_ROOT, bundle_command, run_step
+from ..synthetic.phantoms import generate_dataset
 
 __all__ = ["NETWORKS", "main"]
 
@@ -41,8 +41,8 @@ def _network_stats(overlay: str, overrides: dict) -> dict:
     """Parameters, MACs and CPU latency of the trained configuration at one 128x128 slice."""
     from monai.bundle import ConfigParser
 
-    from .complexity_report import cpu_ms_per_slice
-    from .networks import count_macs, count_parameters
+    from .complexity import cpu_ms_per_slice
+    from ..networks import count_macs, count_parameters
 
     parser = ConfigParser()
     parser.read_config([str(BUNDLE_ROOT / "configs" / "inference.json"), str(BUNDLE_ROOT / "configs" / "networks" / f"{overlay}.json")])
@@ -121,7 +121,7 @@ def _write(rows: list[dict], docs: Path, budget: str) -> None:
     text = "\n".join([
         "# Network comparison on SYNTHETIC phantoms (generated)",
         "",
-        "Written by `python -m scripts.compare_networks main`. Same synthetic phantoms, seed and budget for every network:",
+        "Written by `python -m scripts.reports.network_comparison main`. Same synthetic phantoms, seed and budget for every network:",
         budget,
         "Each network is its `configs/networks/` overlay at the demo scale (first level 16 features, 128x128 slices;",
         "WP-UNet and SD-UNet narrowed 4x from the papers' 64, the two plain U-Nets at PocketNet's own width, where",

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from .atomic import atomic_write_text, replace_marked_block
-from .networks import count_parameters
-from .partitioning import (
+from ..common.atomic import atomic_write_text, replace_marked_block
+from ..networks import count_parameters
+from ..partitioning import (
     TABLE2_PREFIX_ENDS,
     boundary_table,
     layer_complexities,

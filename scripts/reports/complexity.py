@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .atomic import atomic_write_text
-from .networks import count_macs, count_nonzero_parameters, count_parameters
+from ..common.atomic import atomic_write_text
+from ..networks import count_macs, count_nonzero_parameters, count_parameters
 
 __all__ = ["measure_network", "cpu_ms_per_slice", "write_report"]
 
