@@ -94,6 +94,12 @@ def test_version_and_changelog_are_current():
     assert meta["optional_packages_version"] == others
 
 
+def test_model_card_names_the_current_version():
+    card = (BUNDLE_ROOT / "docs" / "README.md").read_text()
+    stated = re.search(r"\| bundle version \| (\d+\.\d+\.\d+) ", card)
+    assert stated and stated.group(1) == _meta()["version"], "docs/README.md states another bundle version"
+
+
 def test_verify_net_in_out_on_the_default_network():
     """The shipped configuration (full WP-UNet, 256x256 slices) maps metadata's input to its output."""
     verify_net_in_out(net_id="network_def", meta_file=str(META_FILE), config_file=str(INFERENCE), device="cpu",
