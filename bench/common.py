@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def git_commit() -> str:
 
 
 def machine() -> dict:
-    """CPU model, cores, SIMD flags, torch/MONAI/Python versions, torch threads and the commit of this run."""
+    """CPU model, cores, SIMD flags, OS, torch/MONAI/Python versions, torch threads and the commit of this run."""
     import monai
     import torch
 
@@ -53,7 +54,8 @@ def machine() -> dict:
 
     cpu, flags = _cpuinfo()
     return {"cpu": cpu, "cores": os.cpu_count(), "simd": [f for f in SIMD_FLAGS if f in flags],
-            "torch": torch.__version__, "monai": monai.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "torch": torch.__version__, "monai": monai.__version__,
+            "python": platform.python_version(),
             "threads": torch.get_num_threads(), "commit": git_commit(), "bf16_native": cpu_supports_bf16()}
 
 
@@ -97,13 +99,13 @@ def run_child(args: list[str], log: Path | None = None, env: dict | None = None)
 
 
 def run_workflow(run_id: str, config_files: list[str] | str, log: Path | None = None, torchrun: bool = False,
-                 **overrides) -> Child:
-    """``python -m monai.bundle run <run_id>`` (under a one-process ``torchrun`` if asked), timed; see
-    :func:`run_child`."""
+                 echo: Callable[[str], None] = print, **overrides) -> Child:
+    """``python -m monai.bundle run <run_id>`` (under a one-process ``torchrun`` if asked), shown through
+    ``echo`` and timed; see :func:`run_child`."""
     args = bundle_command(run_id, config_files, logging_file=None, **overrides)
     if torchrun:
         args = args[:1] + TORCHRUN + args[1:]
-    print(f"[{time.strftime('%H:%M:%S')}] {' '.join(args[1:])}", flush=True)
+    echo(f"[{time.strftime('%H:%M:%S')}] $ {' '.join(args[1:])}")
     return run_child(args, log)
 
 
