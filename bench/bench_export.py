@@ -36,7 +36,6 @@ sys.path.insert(0, str(ROOT))
 from monai.bundle import ConfigParser  # noqa: E402
 
 from bench.common import load_average, machine, run_workflow  # noqa: E402
-
 from scripts.inference.onnx_backend import OnnxRuntimeNetwork, export_onnx  # noqa: E402
 
 NETWORKS = {"default WP-UNet (configs/inference.json)": ["configs/inference.json"],
