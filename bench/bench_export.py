@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from monai.bundle import ConfigParser  # noqa: E402
 
+from bench.common import load_average, machine, run_workflow  # noqa: E402
 from scripts.inference.onnx_backend import OnnxRuntimeNetwork, export_onnx  # noqa: E402
 
 NETWORKS = {"default WP-UNet (configs/inference.json)": ["configs/inference.json"],
@@ -96,9 +94,8 @@ def main() -> None:
                   f"torch/ORT {row['ort_speedup']:.2f}, max abs diff {difference:.1e}", flush=True)
     e2e = _end_to_end(args) if args.e2e else None
     result = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "repeats": args.repeats,
-              "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
-              "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-              "load_average": os.getloadavg(), "weights": "random init", "rows": rows, "end_to_end": e2e}
+              "machine": machine(), "onnxruntime": __import__("onnxruntime").__version__,
+              "load_average": load_average(), "weights": "random init", "rows": rows, "end_to_end": e2e}
     out = Path(args.results_dir) / f"export_{_dt.date.today():%Y%m%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -129,17 +126,14 @@ def _end_to_end(args) -> dict:
         network, slice_size = _network(NETWORKS["demo WP-UNet (configs/demo.json)"])
         torch.save({"model": network.state_dict()}, tmp / "model.pt")
         export_onnx(network, tmp / "model.onnx", slice_size)
-        base = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file",
-                "['configs/inference.json','configs/demo.json']", "--bundle_root", str(ROOT), "--input_path",
-                str(case), "--model_path", str(tmp / "model.pt"), "--onnx_path", str(tmp / "model.onnx"),
-                "--num_workers", "0", "--preview", "False"]
+        common = {"input_path": str(case), "model_path": str(tmp / "model.pt"), "onnx_path": str(tmp / "model.onnx"),
+                  "num_workers": 0, "preview": False}
         times: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
         for _ in range(args.e2e_repeats):
             for backend in times:
-                start = time.perf_counter()
-                subprocess.run(base + ["--backend", backend, "--output_dir", str(tmp / backend)], cwd=ROOT,
-                               check=True, capture_output=True)
-                times[backend].append(time.perf_counter() - start)
+                child = run_workflow("inferring", NETWORKS["demo WP-UNet (configs/demo.json)"], backend=backend,
+                                     output_dir=str(tmp / backend), **common)
+                times[backend].append(child.seconds)
         labels = [np.asarray(nib.load(next((tmp / b).glob("*.nii.gz"))).dataobj) for b in times]
         shape = nib.load(case).shape
     return {"input": f"synthetic phantom {shape}", "network": "demo WP-UNet", "torch_s": times["torch"],

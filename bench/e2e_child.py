@@ -18,15 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def vmhwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def main(spec: dict) -> dict:
     from monai.bundle import ConfigWorkflow
+
+    from bench.common import peak_rss_mb
 
     imported = time.perf_counter()
     workflow = ConfigWorkflow(config_file=[str(REPO / c) for c in spec["config_file"]], workflow_type="infer",
@@ -37,7 +32,7 @@ def main(spec: dict) -> dict:
     finished = time.perf_counter()
     workflow.finalize()
     return {"import_s": imported - START, "initialize_s": initialized - imported, "run_s": finished - initialized,
-            "process_s": time.perf_counter() - START, "peak_rss_mb": vmhwm_mb()}
+            "process_s": time.perf_counter() - START, "peak_rss_mb": peak_rss_mb()}
 
 
 if __name__ == "__main__":

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import machine, run_workflow  # noqa: E402
 from scripts.networks import PlainUNet, PocketUNet, SDUNet, WPUNet  # noqa: E402
 from scripts.synthetic.phantoms import generate_dataset  # noqa: E402
 
@@ -109,22 +107,6 @@ def throughput(batch: int, repeats: int, iters: int) -> dict:
     return results
 
 
-def bundle(args: list[str], log_name: str, out: Path, torchrun: bool = False) -> tuple[float, str]:
-    """Run one bundle command; return (seconds, output); raise with the tail of the log when it fails."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--standalone"] if torchrun \
-        else [sys.executable]
-    cmd = launcher + ["-m", "monai.bundle", "run"] + args + ["--bundle_root", str(REPO)]
-    say("  $ " + " ".join(cmd[1:]))
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    text = proc.stdout + proc.stderr
-    (out / f"{log_name}.log").write_text(text)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{log_name} failed ({proc.returncode}):\n" + "\n".join(text.splitlines()[-30:]))
-    return seconds, text
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="gpu_results")
@@ -140,14 +122,16 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available() and not args.smoke:
         sys.exit("no CUDA device: this check is for a machine with a GPU (--smoke checks the script on a CPU)")
-    tiny = ["--network_def#channels", "[4, 8, 16]", "--network_def#strides", "[2, 2]", "--slice_size", "[64, 64]",
-            "--num_workers", "0"] if args.smoke else []
+    tiny = {"network_def#channels": [4, 8, 16], "network_def#strides": [2, 2], "slice_size": [64, 64]} \
+        if args.smoke else {}
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    res: dict = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (smoke run)", "torch": torch.__version__, "python": platform.python_version(),
-                 "cpu_count": os.cpu_count(), "bf16_supported": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    res: dict = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (smoke run)",
+                 "machine": machine(),
+                 "bf16_supported": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
                  "data": "SYNTHETIC phantoms (scripts/synthetic/phantoms.py); random or briefly trained weights"}
-    say(f"GPU {res['gpu']}, torch {res['torch']}, python {res['python']}, {res['cpu_count']} CPUs")
+    m = res["machine"]
+    say(f"GPU {res['gpu']}, torch {m['torch']}, python {m['python']}, {m['cores']} CPUs")
     try:
         if not (args.skip_throughput or args.smoke):
             say(f"1. network throughput, batch {args.batch} x 256x256")
@@ -159,28 +143,28 @@ def main() -> None:
         t0 = time.perf_counter()
         generate_dataset(str(data), num_cases=args.num_cases, seed=11, in_plane_size=96 if args.smoke else 256)
         res["phantom_seconds"] = time.perf_counter() - t0
-        common = ["--dataset_dir", str(data), "--output_dir", str(work / "train_out"), "--ckpt_dir",
-                  str(work / "models")] + tiny
-        secs, text = bundle(["training", "--config_file", "configs/train.json", "--epochs", str(args.epochs)] + common,
-                            "train", out)
-        res["train"] = {"seconds": secs, "epochs": args.epochs, "amp_line": [ln for ln in text.splitlines()
-                                                                              if "amp" in ln.lower()][:3]}
-        say(f"  training {args.epochs} epochs: {secs:.1f} s (incl. start-up and validation)")
-        secs, text = bundle(["training", "--config_file", "configs/train.json", "--epochs", str(args.epochs + 1)]
-                            + common, "train_resume", out)
-        resumed = [ln for ln in text.splitlines() if "resumed training from" in ln]
-        res["train_resume"] = {"seconds": secs, "log_lines": resumed[:3]}
-        say(f"  resume to epoch {args.epochs + 1}: {secs:.1f} s; " + (resumed[0] if resumed else "NO resume line"))
+        common = {"dataset_dir": str(data), "output_dir": str(work / "train_out"), "ckpt_dir": str(work / "models"),
+                  **tiny, **({"num_workers": 0} if args.smoke else {})}
+        run = run_workflow("training", "configs/train.json", out / "train.log", echo=say, epochs=args.epochs, **common)
+        res["train"] = {"seconds": run.seconds, "epochs": args.epochs,
+                        "amp_line": [ln for ln in run.output.splitlines() if "amp" in ln.lower()][:3]}
+        say(f"  training {args.epochs} epochs: {run.seconds:.1f} s (incl. start-up and validation)")
+        run = run_workflow("training", "configs/train.json", out / "train_resume.log", echo=say,
+                           epochs=args.epochs + 1, **common)
+        resumed = [ln for ln in run.output.splitlines() if "resumed training from" in ln]
+        res["train_resume"] = {"seconds": run.seconds, "log_lines": resumed[:3]}
+        say(f"  resume to epoch {args.epochs + 1}: {run.seconds:.1f} s; "
+            + (resumed[0] if resumed else "NO resume line"))
         metrics = sorted((work / "train_out").rglob("*.json"))
         res["train_files"] = [str(p.relative_to(work)) for p in metrics][:10]
 
         if not args.smoke:
             say("3. multi-GPU config under torchrun (1 process, NCCL), 1 epoch")
-            secs, _ = bundle(["training", "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
-                              "--epochs", "1", "--dataset_dir", str(data), "--output_dir", str(work / "ddp_out"),
-                              "--ckpt_dir", str(work / "ddp_models")], "train_ddp", out, torchrun=True)
-            res["train_ddp_seconds"] = secs
-            say(f"  torchrun DDP 1 epoch: {secs:.1f} s")
+            run = run_workflow("training", ["configs/train.json", "configs/multi_gpu_train.json"],
+                               out / "train_ddp.log", torchrun=True, echo=say, epochs=1, dataset_dir=str(data),
+                               output_dir=str(work / "ddp_out"), ckpt_dir=str(work / "ddp_models"))
+            res["train_ddp_seconds"] = run.seconds
+            say(f"  torchrun DDP 1 epoch: {run.seconds:.1f} s")
 
         say(f"4. whole-volume inference, SYNTHETIC 512x512x{args.slices} CT")
         ct_dir = work / "ct"
@@ -198,11 +182,11 @@ def main() -> None:
         model = work / "models" / "model.pt"
         runs = []
         for i in range(2):  # the first run includes CUDA/cuDNN start-up
-            secs, _ = bundle(["inferring", "--config_file", "configs/inference.json", "--input_path", str(image),
-                              "--output_dir", str(work / f"infer_{i}"), "--model_path", str(model)] + tiny[:6],
-                             f"infer_{i}", out)
-            runs.append(secs)
-            say(f"  inference run {i + 1}: {secs:.1f} s end to end (process start included)")
+            run = run_workflow("inferring", "configs/inference.json", out / f"infer_{i}.log", echo=say,
+                               input_path=str(image), output_dir=str(work / f"infer_{i}"), model_path=str(model),
+                               **tiny)
+            runs.append(run.seconds)
+            say(f"  inference run {i + 1}: {run.seconds:.1f} s end to end (process start included)")
         seg = next((work / "infer_1").rglob("*.nii.gz"))
         out_img = nib.load(seg)
         res["inference"] = {"seconds": runs, "input_shape": list(img.shape), "output_shape": list(out_img.shape),

@@ -27,7 +27,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import socket
 import statistics
 import sys
@@ -42,6 +41,8 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
+
+from bench.common import load_average, machine  # noqa: E402
 
 BEGIN, END = "<!-- partition_bench:begin -->", "<!-- partition_bench:end -->"
 
@@ -204,11 +205,10 @@ def main(argv=None):
     record = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "note": "random slices, random-init weights; timings of a shared machine unless stated otherwise",
-        "args": vars(args), "devices": [str(d) for d in devices], "torch": torch.__version__,
-        "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "args": vars(args), "devices": [str(d) for d in devices], "machine": machine(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
-        "loadavg_start_end": list(os.getloadavg()),
+        "loadavg_start_end": load_average(),
         "boundaries": boundaries, "runs": runs, "summary": summary,
     }
     results_dir = Path(args.results_dir)
@@ -226,11 +226,11 @@ def main(argv=None):
 
 
 def markdown(record) -> str:
-    a = record["args"]
+    a, m = record["args"], record["machine"]
     lines = [f"Measured {record['date']}: WP-UNet channels {a['channels']}, {a['size']}x{a['size']} slices, "
              f"{a['slices']} slices in calls of {a['batch']}, micro-batches of {a['micro_batch']}, "
-             f"{a['threads']} torch thread(s) per process, devices {record['devices']}, {record['cpu_count']} CPU "
-             f"cores, torch {record['torch']}; medians of {a['repeats']} interleaved rounds "
+             f"{a['threads']} torch thread(s) per process, devices {record['devices']}, {m['cores']} CPU "
+             f"cores, torch {m['torch']}; medians of {a['repeats']} interleaved rounds "
              f"(load average {record['loadavg_start_end'][0]:.1f}).", "",
              "| run | slices/s | vs monolithic | per-stage latency, ms per micro-batch |", "|---|---|---|---|"]
     for name, s in record["summary"].items():
@@ -294,8 +294,6 @@ def edge_server_model(record, bandwidths_mbit=(100, 1000, 10000), server_speedup
                                  f"{link:.1f} | {srv:.1f} | {1e3 / max(edge, link, srv):.2f} | "
                                  f"{edge + link + srv:.0f} |")
     return "\n".join(lines)
-
-
 
 
 if __name__ == "__main__":

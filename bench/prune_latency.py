@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import time_per_slice  # noqa: E402
 from scripts.networks import WPUNet  # noqa: E402
 from scripts.pruning import apply_pruning, make_permanent, prune_channels  # noqa: E402
 
@@ -61,17 +60,10 @@ def main() -> dict:
         widths[name] = [m.out_channels for m in models[name].modules() if isinstance(m, torch.nn.Conv2d)
                         and m.groups == 1]
     x = torch.rand(args.batch, 1, args.size, args.size)
-    times: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
         for model in models.values():
             assert model(x).shape == (args.batch, 3, args.size, args.size)
-        for _ in range(args.repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                for _ in range(args.iters):
-                    model(x)
-                times[name].append((time.perf_counter() - start) / (args.iters * args.batch))
-    median = {k: statistics.median(v) for k, v in times.items()}
+    median = time_per_slice(models, args.size, args.batch, args.repeats, args.iters)
     result = {"channels": channels, "size": args.size, "threads": args.threads, "sparsity": args.sparsity,
               "patterns": patterns, "widths": widths,
               "params": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},

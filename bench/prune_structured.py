@@ -29,8 +29,6 @@ import csv
 import io
 import json
 import math
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -41,9 +39,9 @@ import torch
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BUNDLE_ROOT))
-sys.path.insert(0, str(BUNDLE_ROOT / "bench"))
 
-from prune_sweep import DEMO, EVALUATE, PRUNE, STRUCTURED, TRAIN, bundle, time_per_slice  # noqa: E402
+from bench.common import load_average, machine, run_workflow, time_per_slice  # noqa: E402
+from bench.prune_sweep import DEMO, EVALUATE, PRUNE, STRUCTURED, TRAIN  # noqa: E402
 from scripts.common.atomic import atomic_write_text, replace_marked_block  # noqa: E402
 from scripts.synthetic.phantoms import generate_dataset  # noqa: E402
 
@@ -55,8 +53,8 @@ MARKERS = ("<!-- prune_structured:start -->", "<!-- prune_structured:end -->")
 def held_out(out: Path, model_path: Path, test_dir: Path, structured: bool) -> dict:
     """``run evaluating`` on every held-out case: mean Dice and the per-case values (for paired differences)."""
     configs = [TRAIN, DEMO, EVALUATE] + ([STRUCTURED] if structured else [])
-    bundle("evaluating", configs, out / "evaluate.log", dataset_dir=str(test_dir), evaluate_all_cases=True,
-           model_path=str(model_path), output_dir=str(out / "held_out"), num_workers=0)
+    run_workflow("evaluating", configs, out / "evaluate.log", dataset_dir=str(test_dir), evaluate_all_cases=True,
+                 model_path=str(model_path), output_dir=str(out / "held_out"), num_workers=0)
     summary = json.loads((out / "held_out" / "metrics_summary.json").read_text())["metrics"]
     with open(out / "held_out" / "metrics_per_case.csv") as f:
         cases = {row["case"]: {r: float(row[f"{r}_dice"]) for r in ("kidney", "tumour")} for row in csv.DictReader(f)}
@@ -139,16 +137,17 @@ def main() -> None:
                          slice_thickness_range=(2.5, 5.0))
         generate_dataset(str(test_dir), num_cases=args.num_test, seed=11, in_plane_size=256,
                          slice_thickness_range=(2.5, 5.0), first_case=200)
-        bundle("training", [TRAIN, DEMO], work / "training.log", epochs=args.epochs, val_interval=args.epochs,
-               ckpt_dir=str(ckpt), output_dir=str(work / "training"), resume=False, **fold)
+        run_workflow("training", [TRAIN, DEMO], work / "training.log", epochs=args.epochs,
+                     val_interval=args.epochs, ckpt_dir=str(ckpt), output_dir=str(work / "training"), resume=False,
+                     **fold)
     print(f"base model ready after {time.perf_counter() - t0:.0f} s", flush=True)
     finetune = {"finetune_epochs": args.finetune_epochs, "finetune_learning_rate": args.finetune_lr}
 
     def structured_runner(tag: str, overrides: dict):
         def run(out: Path) -> dict:
             model = ckpt / f"{tag}.pt"
-            bundle("pruning_structured", [TRAIN, DEMO, PRUNE], out / "pruning.log", ckpt_dir=str(ckpt),
-                   output_dir=str(out), structured_model_path=str(model), **finetune, **overrides, **fold)
+            run_workflow("pruning_structured", [TRAIN, DEMO, PRUNE], out / "pruning.log", ckpt_dir=str(ckpt),
+                         output_dir=str(out), structured_model_path=str(model), **finetune, **overrides, **fold)
             report = json.loads((out / "structured_pruning_report.json").read_text())
             return {"model": str(model), "structured": True, "report_dice": report["dice"],
                     "stage_ratios": report["stage_ratios"], "channel_ratio": report["channel_ratio"],
@@ -157,9 +156,10 @@ def main() -> None:
 
     def unstructured_runner(out: Path) -> dict:
         model = ckpt / "unstructured.pt"
-        bundle("pruning", [TRAIN, DEMO, PRUNE], out / "pruning.log", ckpt_dir=str(ckpt), output_dir=str(out),
-               pruned_model_path=str(model), sparse_model_path=str(ckpt / "unstructured.sparse.pt"),
-               sparsity=args.sparsity, **finetune, **fold)
+        run_workflow("pruning", [TRAIN, DEMO, PRUNE], out / "pruning.log", ckpt_dir=str(ckpt),
+                     output_dir=str(out), pruned_model_path=str(model),
+                     sparse_model_path=str(ckpt / "unstructured.sparse.pt"), sparsity=args.sparsity, **finetune,
+                     **fold)
         report = json.loads((out / "pruning_report.json").read_text())
         return {"model": str(model), "structured": False, "report_dice": report["dice"],
                 "test": held_out(out, model, test_dir, False)}
@@ -241,8 +241,7 @@ def main() -> None:
     atomic_write_text(docs / "pruning_latency.csv", header + buffer.getvalue())
     block = markdown(table)
     replace_marked_block(docs / "pruning.md", *MARKERS, block, append_if_missing=False)
-    result = {"synthetic": True, "args": vars(args), "machine": platform.processor() or platform.machine(),
-              "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "torch": torch.__version__,
+    result = {"synthetic": True, "args": vars(args), "machine": machine(), "load_average": load_average(),
               "dense_base_test": {k: base_test["test"][k] for k in ("kidney", "tumour")},
               "runs": runs, "latency_ms": latency, "table": table, "seconds": round(time.perf_counter() - t0)}
     results = BUNDLE_ROOT / args.results_dir / f"prune_structured_{time.strftime('%Y%m%d')}.json"

@@ -24,10 +24,7 @@ import csv
 import io
 import json
 import os
-import platform
 import shutil
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +34,7 @@ import torch
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BUNDLE_ROOT))
 
+from bench.common import machine, run_workflow, time_per_slice  # noqa: E402
 from scripts.common.atomic import atomic_write_text  # noqa: E402
 from scripts.synthetic.phantoms import generate_dataset  # noqa: E402
 
@@ -44,44 +42,12 @@ TRAIN, DEMO, PRUNE = "configs/train.json", "configs/demo.json", "configs/prune.j
 EVALUATE, STRUCTURED = "configs/evaluate.json", "configs/structured.json"
 
 
-def bundle(run_id: str, configs: list[str], log: Path, **overrides) -> float:
-    """Run one bundle command (log to ``log``); stop with the log's tail when it fails; return seconds."""
-    args = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file",
-            "[" + ",".join(f"'{c}'" for c in configs) + "]", "--bundle_root", str(BUNDLE_ROOT)]
-    for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else repr(value) if isinstance(value, bool)
-                 else json.dumps(value)]
-    print(f"[{time.strftime('%H:%M:%S')}] {run_id} {' '.join(args[5:])}", flush=True)
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        result = subprocess.run(args, cwd=BUNDLE_ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        sys.exit(f"failed ({result.returncode}); see {log}:\n" + "".join(log.read_text().splitlines(True)[-20:]))
-    return time.perf_counter() - start
-
-
 def held_out_dice(out: Path, model_path: Path, test_dir: Path, structured: bool, common: dict) -> dict:
     configs = [TRAIN, DEMO, EVALUATE] + ([STRUCTURED] if structured else [])
-    bundle("evaluating", configs, out / "evaluate.log", dataset_dir=str(test_dir), evaluate_all_cases=True,
-           model_path=str(model_path), output_dir=str(out / "held_out"), **common)
+    run_workflow("evaluating", configs, out / "evaluate.log", dataset_dir=str(test_dir), evaluate_all_cases=True,
+                 model_path=str(model_path), output_dir=str(out / "held_out"), **common)
     metrics = json.loads((out / "held_out" / "metrics_summary.json").read_text())["metrics"]
     return {"kidney": metrics["kidney_dice"]["mean"], "tumour": metrics["tumour_dice"]["mean"]}
-
-
-def time_per_slice(models: dict, size: int, batch: int, repeats: int, iters: int) -> dict:
-    """Median seconds per slice of each model, measured in interleaved rounds (same noise for all)."""
-    x = torch.rand(batch, 1, size, size)
-    samples: dict[str, list[float]] = {name: [] for name in models}
-    with torch.inference_mode():
-        for model in models.values():
-            model(x)  # warm-up
-        for _ in range(repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                for _ in range(iters):
-                    model(x)
-                samples[name].append((time.perf_counter() - start) / (iters * batch))
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -138,9 +104,9 @@ def main() -> None:
                          slice_thickness_range=(2.5, 5.0))
         generate_dataset(str(test_dir), num_cases=args.num_test, seed=11, in_plane_size=256,
                          slice_thickness_range=(2.5, 5.0), first_case=200)
-        bundle("training", [TRAIN, DEMO], work / "training.log", epochs=args.epochs, val_interval=args.epochs,
-               ckpt_dir=str(ckpt), output_dir=str(work / "training"), progress_bar=False, resume=False,
-               **fold, **common)
+        run_workflow("training", [TRAIN, DEMO], work / "training.log", epochs=args.epochs,
+                     val_interval=args.epochs, ckpt_dir=str(ckpt), output_dir=str(work / "training"),
+                     progress_bar=False, resume=False, **fold, **common)
     print(f"base model ready after {time.perf_counter() - t0:.0f} s", flush=True)
 
     runs = [("magnitude_kernels_global", {"sparsity": float(s)}) for s in args.sparsities.split(",")]
@@ -153,9 +119,10 @@ def main() -> None:
         out = work / tag
         out.mkdir(parents=True, exist_ok=True)
         pruned = ckpt / f"{tag}.pt"
-        bundle("pruning", [TRAIN, DEMO, PRUNE], out / "pruning.log", ckpt_dir=str(ckpt), output_dir=str(out),
-               pruned_model_path=str(pruned), sparse_model_path=str(ckpt / f"{tag}.sparse.pt"),
-               finetune_epochs=args.finetune_epochs, progress_bar=False, **overrides, **fold, **common)
+        run_workflow("pruning", [TRAIN, DEMO, PRUNE], out / "pruning.log", ckpt_dir=str(ckpt),
+                     output_dir=str(out), pruned_model_path=str(pruned),
+                     sparse_model_path=str(ckpt / f"{tag}.sparse.pt"), finetune_epochs=args.finetune_epochs,
+                     progress_bar=False, **overrides, **fold, **common)
         report = json.loads((out / "pruning_report.json").read_text())
         test = held_out_dice(out, pruned, test_dir, False, common)
         dice = report["dice"]
@@ -171,9 +138,9 @@ def main() -> None:
     out = work / "structured"
     out.mkdir(parents=True, exist_ok=True)
     structured = ckpt / "structured.pt"
-    bundle("pruning_structured", [TRAIN, DEMO, PRUNE], out / "pruning.log", ckpt_dir=str(ckpt), output_dir=str(out),
-           structured_model_path=str(structured), channel_ratio=args.channel_ratio,
-           finetune_epochs=args.structured_finetune_epochs, progress_bar=False, **fold, **common)
+    run_workflow("pruning_structured", [TRAIN, DEMO, PRUNE], out / "pruning.log", ckpt_dir=str(ckpt),
+                 output_dir=str(out), structured_model_path=str(structured), channel_ratio=args.channel_ratio,
+                 finetune_epochs=args.structured_finetune_epochs, progress_bar=False, **fold, **common)
     s_report = json.loads((out / "structured_pruning_report.json").read_text())
     s_test = held_out_dice(out, structured, test_dir, True, common)
     (work / "dense_eval").mkdir(parents=True, exist_ok=True)
@@ -216,8 +183,7 @@ def main() -> None:
     atomic_write_text(docs / "pruning_sweep.csv", header + buffer.getvalue())
     # the latency table of docs/pruning.md (docs/pruning_latency.csv) comes from bench/prune_structured.py
     plot(rows, docs / "pruning_sweep.png")
-    result = {"synthetic": True, "args": vars(args), "machine": platform.processor() or platform.machine(),
-              "cpu_count": os.cpu_count(), "torch": torch.__version__, "rows": rows, "latency": latency,
+    result = {"synthetic": True, "args": vars(args), "machine": machine(), "rows": rows, "latency": latency,
               "params": params, "dense_test": dense_test, "structured": {
                   "report_dice": s_report["dice"], "test": s_test, "total_params": s_report["total_params"],
                   "params_before": s_report["params_before"]["total_params"]},

@@ -18,22 +18,20 @@ import copy
 import datetime as dt
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "bench"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.common import load_average, machine, run_child  # noqa: E402
 from scripts.common.atomic import atomic_write_text, replace_marked_block  # noqa: E402
 from scripts.inference.fast_path import FastPath, choose_fast_path, cpu_supports_bf16, predict_labels, prepare_network  # noqa: E402
 
@@ -189,10 +187,21 @@ def prefetch_runs(nets: dict, ct: Path, workdir: Path, cases: int = 3) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- inputs
-def build_ct(workdir: Path, slices: int, storage: str = "kits") -> Path:
-    from bench_inference import build_inputs
+def build_ct(workdir: Path, slices: int, storage: str = "kits", size: int = 512, seed: int = 0) -> Path:
+    """A SYNTHETIC phantom CT of exactly ``size`` x ``size`` x ``slices`` (the slice thickness that gives about
+    ``slices`` slices, then cropped or padded at the head end), written like KiTS or RAS-stored."""
+    from scripts.synthetic.phantoms import generate_phantom, write_kits_case
 
-    return Path(build_inputs(workdir / f"ct{slices}_{storage}", 512, slices, 0, storage)["image_path"])
+    # the z extent (mm) does not depend on in-plane size or thickness: measure it at 16x16 pixels and 1 mm slices
+    extent_mm = generate_phantom(seed, in_plane_size=16, slice_thickness=1.0)[0].shape[2]
+    image, label, affine = generate_phantom(seed, in_plane_size=size, slice_thickness=float(extent_mm) / slices)
+    if image.shape[2] > slices:  # crop at the head end: the affine's origin (first slice) is unchanged
+        image, label = image[:, :, :slices], label[:, :, :slices]
+    elif image.shape[2] < slices:  # pad at the head end by repeating the last slice
+        pad = ((0, 0), (0, 0), (0, slices - image.shape[2]))
+        image, label = np.pad(image, pad, mode="edge"), np.pad(label, pad, mode="edge")
+    case = write_kits_case(workdir / f"ct{slices}_{storage}" / "data", 0, image, label, affine, storage=storage)
+    return Path(case) / "imaging.nii.gz"
 
 
 def table_slices(ct: Path, count: int) -> dict[int, torch.Tensor]:
@@ -223,11 +232,11 @@ def end_to_end(name: str, ct: Path, configs: list[str], overrides: dict, workdir
     timings = out / "timings.json"
     spec = {"config_file": configs, "overrides": {"input_path": str(ct), "output_dir": str(out / "seg"),
                                                    "timings_path": str(timings), **overrides}}
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "e2e_child.py"), json.dumps(spec)], cwd=REPO,
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    line = [ln for ln in done.stdout.splitlines() if ln.startswith("E2E_RESULT ")]
-    if done.returncode or not line:
-        raise RuntimeError(f"end-to-end run {name} failed:\n{done.stderr[-3000:]}")
+    child = run_child([sys.executable, str(REPO / "bench" / "e2e_child.py"), json.dumps(spec)],
+                      env={**os.environ, "PYTHONPATH": str(REPO)})
+    line = [ln for ln in child.output.splitlines() if ln.startswith("E2E_RESULT ")]
+    if not line:
+        raise RuntimeError(f"end-to-end run {name} printed no result:\n{child.output[-3000:]}")
     result = json.loads(line[-1].split(" ", 1)[1])
     result["stages"] = json.loads(timings.read_text())[0] if timings.is_file() else None
     stage = result["stages"] or {}
@@ -286,24 +295,6 @@ def memory_vs_slices(workdir: Path, sizes: list[int], storages: list[str]) -> di
 
 
 # ------------------------------------------------------------------------------------------------- report
-def machine() -> dict:
-    flags = ""
-    try:
-        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
-    except (OSError, StopIteration):
-        pass
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())
-    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f" {f}" in flags]
-    import monai
-
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    return {"cpu": model, "cores": os.cpu_count(), "simd": simd, "torch": torch.__version__,
-            "monai": monai.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "commit": commit, "bf16_native": cpu_supports_bf16()}
-
-
 def summary(table: dict, e2e: dict, memory: dict) -> dict:
     nn = table["nnU-Net 2D PlainConvUNet"]["seconds_per_slice"]["fp32"]
     streamed = {k: v for k, v in e2e.items() if "MONAI pipeline" not in k}
@@ -400,7 +391,7 @@ def render(result: dict) -> str:
     dice = result.get("dice")
     lines += ["", "### Dice beside each speed-up (demo weights, held-out SYNTHETIC phantoms)", ""]
     if dice:
-        from dice_variants import markdown
+        from bench.dice_variants import markdown
 
         test_dir = Path(dice["test_dir"])
         test_dir = test_dir.relative_to(REPO) if test_dir.is_relative_to(REPO) else test_dir
@@ -429,7 +420,7 @@ def main() -> None:
         args.slices, args.table_slices, args.repeats, args.memory_slices = 40, 2, 1, [40]
     torch.set_num_threads(os.cpu_count() or 1)
     result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-              "load_before": [round(x, 2) for x in os.getloadavg()], "quick": args.quick,
+              "load_before": load_average(), "quick": args.quick,
               "table_slices": args.table_slices, "repeats": args.repeats}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_run_") as tmp:
@@ -451,13 +442,13 @@ def main() -> None:
         result["memory"] = (memory_vs_slices(workdir, args.memory_slices, args.memory_storage)
                             if args.memory_slices else {})
     if not args.no_dice and (REPO / "models" / "model.pt").is_file() and (REPO / "demo_output/data/test").is_dir():
-        from dice_variants import measure
+        from bench.dice_variants import measure
 
         print("Dice per variant (demo weights, held-out synthetic phantoms):", flush=True)
         result["dice"] = measure(REPO / "demo_output" / "data" / "test", REPO / "models" / "model.pt",
                                  REPO / "models" / "model_pruned.pt", args.channel_model,
                                  max_cases=2 if args.quick else None)
-    result["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["load_after"] = load_average()
     result["summary"] = summary(result["network_table"], result["end_to_end"], result["memory"])
     result["wall_s"] = time.perf_counter() - t0
     stamp = dt.date.today().strftime("%Y%m%d") + ("_quick" if args.quick else "")

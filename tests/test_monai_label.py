@@ -9,7 +9,7 @@ it checks is ``../shared/reference/monai_label.md``.
 Inputs: ten axial slices (5..14, both kidneys) of the real CT ``../shared/data/totalseg_example/example_ct_sm.nii.gz``
 (Apache-2.0; the crop is written to the temporary studies folder only) and SYNTHETIC phantoms from
 ``scripts/synthetic/phantoms.py``. The bundle's default (full-size) network is served, about 7 GMAC per slice, so the volumes
-are kept to a few slices and the server runs with ``THP_MEM_ALLOC_ENABLE=1`` (docs/benchmark.md, fix 2) to keep
+are kept to a few slices and the server runs with ``THP_MEM_ALLOC_ENABLE=1`` (docs/performance.md) to keep
 the run short on a CPU.
 
 "Trained weights, not random ones": the weights served are a seeded network whose output-layer bias is set so

@@ -193,7 +193,7 @@ def predict_labels(module, batch: torch.Tensor, path: FastPath, device: torch.de
     """(B, 1, H, W) float32 -> (B, H, W) uint8 argmax labels on the CPU, under the path's autocast.
 
     ``device`` defaults to where the module's weights are. The argmax is ``max(dim=1).indices`` (same ties as
-    ``torch.argmax``, about 10x faster on this CPU; ``docs/benchmark.md``).
+    ``torch.argmax``, about 10x faster on this CPU; ``docs/performance.md``).
     """
     device = torch.device(device) if device is not None else _module_device(module)
     batch = batch.to(device)
