@@ -24,7 +24,7 @@ from dicom_fixtures import BOX, COLUMNS, ROWS, SLICES, copy_with_uids, write_syn
 from scripts.common.errors import InputError
 from scripts.outputs.formats import check_output_format, ras_to_lps, segment_style, write_dicom_seg
 from scripts.outputs.preview import TILE, render_preview
-from scripts.outputs.writer import SaveSegmentationd
+from scripts.outputs.writer import SaveSegmentationd, write_segmentation
 
 LABELS = {"kidney": 1, "tumor": 2}
 INFERENCE = str(BUNDLE_ROOT / "configs" / "inference.json")
@@ -302,3 +302,78 @@ def test_cyst_segment_in_both_formats(synthetic_series, tmp_path):
     assert int(seg.NumberOfFrames) == SLICES * 3
     volumes = json.loads((tmp_path / "series_001_volumes.json").read_text())
     assert np.isclose(volumes["cyst_ml"], 3 * 3 * 0.8 * 0.7 * 2.5 / 1000, atol=1e-3)
+
+
+def _tiny_nifti_case(folder: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A 12x10x6 int16 NIfTI scan (oblique-free, 0.8 x 0.7 x 2.5 mm) and a label map with both labels."""
+    affine = np.array([[-0.8, 0, 0, 10.0], [0, 0.7, 0, -20.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])
+    folder.mkdir(parents=True)
+    source = folder / "case_00007.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((12, 10, 6), np.int16), affine), source)
+    label = np.zeros((12, 10, 6), np.uint8)
+    label[2:8, 3:7, 1:5] = 1
+    label[3:5, 4:6, 2:3] = 2
+    return source, label, affine
+
+
+@pytest.mark.parametrize("output_format", ["nifti", "seg_nrrd"])
+def test_write_segmentation_file_formats(tmp_path, output_format):
+    """Called directly with a numpy label: the returned path holds the labels in the input's geometry."""
+    source, label, affine = _tiny_nifti_case(tmp_path / "in")
+    out = tmp_path / "out" / "nested"
+    target = write_segmentation(label, affine, str(source), out, output_format=output_format, label_names=LABELS)
+    suffix = {"nifti": ".nii.gz", "seg_nrrd": ".seg.nrrd"}[output_format]
+    assert target == out / f"case_00007{suffix}"
+    assert sorted(p.name for p in out.iterdir()) == [target.name, "case_00007_volumes.json"]
+    if output_format == "nifti":
+        written = nib.load(target)
+        assert written.get_data_dtype() == np.uint8 and np.allclose(written.affine, affine)
+        data = np.asarray(written.dataobj)
+    else:
+        data, header = nrrd.read(str(target))
+        lps = ras_to_lps(affine)
+        assert np.allclose(header["space directions"], lps[:3, :3].T) and np.allclose(header["space origin"], lps[:3, 3])
+    assert np.array_equal(data, label)
+    volumes = json.loads((out / "case_00007_volumes.json").read_text())
+    voxel_ml = 0.8 * 0.7 * 2.5 / 1000
+    assert volumes["case"] == "case_00007" and volumes["source"] == str(source)
+    assert volumes["segmentation"] == target.name
+    assert np.isclose(volumes["kidney_ml"], np.count_nonzero(label == 1) * voxel_ml, atol=1e-3)
+    assert np.isclose(volumes["all_foreground_ml"], np.count_nonzero(label) * voxel_ml, atol=1e-3)
+
+
+def test_write_segmentation_dicom_seg_and_preview(synthetic_series, tmp_path):
+    image = _loaded(synthetic_series)
+    label = _label_from_block(image)
+    preview = (np.asarray(image[0]), np.asarray(image.affine))
+    target = write_segmentation(label, image.meta["original_affine"], str(synthetic_series), tmp_path,
+                                output_format="dicom_seg", label_names=LABELS, preview=preview)
+    assert target == tmp_path / "series_001.seg.dcm"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "series_001.seg.dcm", "series_001_preview.png", "series_001_volumes.json"]
+    seg = hd.seg.segread(str(target))
+    assert np.array_equal(np.unique(seg.get_volume(combine_segments=True).array), [0, 1, 2])
+    with Image.open(tmp_path / "series_001_preview.png") as png:
+        assert png.size == (4 * TILE, TILE)
+
+
+def test_write_segmentation_refuses_bad_formats(tmp_path):
+    source, label, affine = _tiny_nifti_case(tmp_path / "in")
+    with pytest.raises(InputError, match="unknown"):
+        write_segmentation(label, affine, str(source), tmp_path / "out", output_format="png", label_names=LABELS)
+    with pytest.raises(InputError, match="needs a DICOM series"):
+        write_segmentation(label, affine, str(source), tmp_path / "out", output_format="dicom_seg", label_names=LABELS)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_save_segmentationd_is_write_segmentation(tmp_path):
+    """The MONAI transform unwraps the MetaTensor and writes the very bytes of the function."""
+    from monai.data import MetaTensor
+
+    source, label, affine = _tiny_nifti_case(tmp_path / "in")
+    meta = {"filename_or_obj": str(source), "original_affine": affine, "spatial_shape": np.asarray(label.shape)}
+    SaveSegmentationd("pred", str(tmp_path / "transform"), LABELS)(
+        {"image": MetaTensor(torch.zeros((1, *label.shape)), meta=meta), "pred": torch.as_tensor(label[None])})
+    write_segmentation(label, affine, str(source), tmp_path / "function", output_format="nifti", label_names=LABELS)
+    for name in ("case_00007.nii.gz", "case_00007_volumes.json"):
+        assert (tmp_path / "transform" / name).read_bytes() == (tmp_path / "function" / name).read_bytes(), name

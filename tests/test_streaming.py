@@ -20,7 +20,8 @@ from scripts.data.ct_reader import LoadedCT, read_ct
 from scripts.common.errors import InputError
 from scripts.networks import PocketUNet, WPUNet
 from scripts.synthetic.phantoms import generate_phantom, write_kits_case
-from scripts.inference.streaming import StreamingSegmenter, is_3d_network, model_grid_affine, ras_orientation
+from scripts.inference.streaming import (StreamingSegmenter, build_segmenter, is_3d_network, model_grid_affine,
+                                        ras_orientation)
 from test_inference_geometry import ThresholdNet, run_inference, save_nifti, synthetic_case
 
 FP32 = {"precision": "fp32", "channels_last": False, "fold_batchnorm": False, "compile": "none"}
@@ -208,15 +209,34 @@ def test_run_writes_every_case_with_prefetch(tmp_path):
     written = []
     torch.manual_seed(0)
     net = WPUNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8), strides=(2,))
-    results = StreamingSegmenter(net, slice_size=(32, 32)).run(items, written.append,
-                                                                timings_path=tmp_path / "timings.json")
+    results = StreamingSegmenter(net, slice_size=(32, 32)).run(
+        items, lambda *args, preview: written.append((*args, preview)), timings_path=tmp_path / "timings.json")
     assert [r["case"] for r in results] == [i["image"] for i in items]
     assert len(written) == 3
-    for item, d in zip(items, written):
-        source = nib.load(item["image"])
-        assert d["pred"].shape == source.shape and d["pred"].dtype == np.uint8
-        assert d["image"].meta["filename_or_obj"] == item["image"]
+    for item, (label, affine, source, (image, image_affine)) in zip(items, written):
+        scan = nib.load(item["image"])
+        assert label.shape == scan.shape and label.dtype == np.uint8
+        assert source == item["image"] and np.allclose(affine, scan.affine)
+        assert image.shape[:2] == (32, 32) and image.shape[2] in scan.shape and image.dtype == np.uint8
+        assert image_affine.shape == (4, 4)
     assert json.loads((tmp_path / "timings.json").read_text())[2]["case"] == items[2]["image"]
+
+
+def test_run_without_preview_hands_none(tmp_path):
+    image, label, affine = generate_phantom(seed=0, in_plane_size=32, slice_thickness=5.0)
+    write_kits_case(tmp_path / "data", 0, image, label, affine)
+    written = []
+    StreamingSegmenter(ThresholdNet(), slice_size=(16, 16)).run(
+        [{"image": str(tmp_path / "data" / "case_00000" / "imaging.nii.gz")}],
+        lambda label, affine, source, preview: written.append(preview), preview=False)
+    assert written == [None]
+
+
+def test_build_segmenter_only_when_streaming():
+    net = WPUNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8), strides=(2,))
+    assert build_segmenter(net, "missing.pt", "cpu", streaming=False) is None
+    segmenter = build_segmenter(net, "missing.pt", "cpu", backend="onnx", slice_size=(32, 32), lcc_enabled=False)
+    assert segmenter.slice_size == (32, 32) and segmenter.lcc is None and segmenter.network is net
 
 
 def test_3d_networks_are_not_streamed():

@@ -11,7 +11,7 @@ computed in a different order so that nothing of full resolution is ever held in
    (:mod:`scripts.inference.fast_path`) and reduced to uint8 labels at model resolution straight away;
 4. the largest connected components are kept on that small uint8 volume (MONAI's transform, as in the config);
 5. labels go back batch by batch (nearest, uint8) into a uint8 volume in the input's own axes, through the same
-   orientation view, and the writer saves it in the input's geometry.
+   orientation view, and the writer the config passes in (``write_segmentation``) saves it in the input's geometry.
 
 Peak memory is the larger of the stored CT (2 bytes a voxel for ``int16``) and the uint8 output (1 byte a voxel; the
 CT is released before the output is made), plus two uint8 volumes at model resolution (labels, and the network input
@@ -34,7 +34,6 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data import MetaTensor
 from monai.transforms import KeepLargestConnectedComponent
 
 from ..common.atomic import atomic_write_text
@@ -42,7 +41,8 @@ from ..common.weights import load_weights
 from ..data.ct_reader import LoadedCT, read_ct
 from ..common.weights import check_weights_file
 
-__all__ = ["StreamingSegmenter", "is_3d_network", "network_with_weights", "ras_orientation", "model_grid_affine"]
+__all__ = ["StreamingSegmenter", "build_segmenter", "is_3d_network", "network_with_weights", "ras_orientation",
+           "model_grid_affine"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,16 @@ def network_with_weights(network: torch.nn.Module, model_path: str | Path, devic
         return network
     check_weights_file(model_path)
     return load_weights(network, model_path, device)
+
+
+def build_segmenter(network: torch.nn.Module, model_path: str | Path, device: torch.device | str, *,
+                    streaming: bool = True, backend: str = "torch", **options) -> StreamingSegmenter | None:
+    """The config's ``segmenter``: a :class:`StreamingSegmenter` of ``network`` with the weights of ``model_path``
+    (:func:`network_with_weights`) and the keyword ``options`` of :class:`StreamingSegmenter`; ``None`` when not
+    ``streaming`` (3D networks, ``--streaming False``: the MONAI evaluator runs instead)."""
+    if not streaming:
+        return None
+    return StreamingSegmenter(network_with_weights(network, model_path, device, backend), device, **options)
 
 
 def _predict_fp32(network: Callable, batch: torch.Tensor) -> torch.Tensor:
@@ -218,9 +228,14 @@ class StreamingSegmenter:
         return label
 
     # -- many cases --------------------------------------------------------------------------------------------
-    def run(self, datalist: Iterable[Mapping[str, str]], writer: Callable | None = None, prefetch: bool = True,
-            timings_path: str | Path = "") -> list[dict]:
-        """Segment every ``{"image": path}`` of ``datalist``; ``writer`` gets MONAI-style ``{"image", "pred"}`` dicts.
+    def run(self, datalist: Iterable[Mapping[str, str]], writer: Callable | None = None, preview: bool = True,
+            prefetch: bool = True, timings_path: str | Path = "") -> list[dict]:
+        """Segment every ``{"image": path}`` of ``datalist`` and hand each case to ``writer``.
+
+        ``writer(label, affine, source, preview=...)`` gets the uint8 label map in the input's voxel grid, the
+        input's affine and path, and, with ``preview``, ``(image, image_affine)``: the network's uint8 input at model
+        resolution and its affine (else ``None``): the config's ``write_segmentation``, the outputs' writer function
+        with its options bound.
 
         With ``prefetch`` the next case is read in a background thread while the current one is post-processed and
         written: started once the network is done with the current case and its stored voxels are released, so at
@@ -243,10 +258,10 @@ class StreamingSegmenter:
                         pending = pool.submit(_timed_read, items[nxt]["image"])
 
                 start = time.perf_counter()
-                label, preview = self.segment(ct, release_input=True, after_network=read_next)
+                label, image = self.segment(ct, release_input=True, after_network=read_next)
                 t0 = time.perf_counter()
                 if writer is not None:
-                    writer(self._writer_input(ct, label, preview))
+                    writer(label, ct.affine, ct.source, preview=self._preview(ct, label, image) if preview else None)
                 timings = self.timings
                 timings["write"] = time.perf_counter() - t0
                 timings.update(case=ct.source, read=read_s, read_wait=waited,
@@ -255,20 +270,16 @@ class StreamingSegmenter:
                             timings["slices"], timings["skipped_slices"], timings["total"], timings["fast_path"],
                             ", ".join(f"{k} {timings[k]:.2f} s" for k in STAGES))
                 results.append(timings)
-                del ct, label, preview
+                del ct, label, image
                 if pending is None and nxt < len(items):
                     pending = pool.submit(_timed_read, items[nxt]["image"])
         if timings_path:
             atomic_write_text(Path(timings_path), json.dumps(results, indent=2))
         return results
 
-    def _writer_input(self, ct: LoadedCT, label: np.ndarray, preview: np.ndarray) -> dict:
-        """What :class:`scripts.outputs.writer.SaveSegmentationd` reads: the case's metadata and the input-grid label."""
-        ornt = ras_orientation(ct.affine)
-        meta = {"filename_or_obj": ct.source, "original_affine": ct.affine, "spatial_shape": np.asarray(label.shape),
-                "affine": torch.as_tensor(model_grid_affine(ct.affine, label.shape, ornt, self.slice_size))}
-        image = MetaTensor(torch.from_numpy(preview)[None], meta=meta)
-        return {"image": image, "pred": label}
+    def _preview(self, ct: LoadedCT, label: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(image, image_affine)``: the model-resolution uint8 network input and its voxel-to-world affine."""
+        return image, model_grid_affine(ct.affine, label.shape, ras_orientation(ct.affine), self.slice_size)
 
 
 def _timed_read(path: str) -> tuple[LoadedCT, float]:

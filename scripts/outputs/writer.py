@@ -1,6 +1,8 @@
 """Write one segmentation per case, atomically, in the input's exact geometry, with a volumes JSON and a preview.
 
-MONAI's ``SaveImaged`` names files after the input file (``imaging_seg.nii.gz`` for every KiTS case) and
+:func:`write_segmentation` writes a case from a numpy label map and the input's affine (the streaming path calls
+it directly); :class:`SaveSegmentationd` is its MONAI transform for the evaluator path. MONAI's ``SaveImaged``
+names files after the input file (``imaging_seg.nii.gz`` for every KiTS case) and
 writes in place; a crash mid-write leaves a truncated file under the final name. This writer names
 outputs after the case (``case_00012.nii.gz``, see :func:`scripts.data.layout.case_name`), reuses a NIfTI
 input's header (qform and sform kept exactly, not re-derived from a resampled affine), writes to a
@@ -33,7 +35,7 @@ from .formats import (
     write_seg_nrrd,
 )
 
-__all__ = ["SaveSegmentationd", "label_volumes_ml"]
+__all__ = ["SaveSegmentationd", "write_segmentation", "label_volumes_ml"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +50,107 @@ def label_volumes_ml(label: np.ndarray, affine: np.ndarray, label_names: Mapping
     return volumes
 
 
+def write_segmentation(label: np.ndarray, affine: np.ndarray, source: str, output_dir: str | Path, *,
+                       output_format: str, label_names: Mapping[str, int],
+                       preview: tuple[np.ndarray, np.ndarray] | None = None, postfix: str = "",
+                       write_volumes: bool = True) -> Path:
+    """Write one case's segmentation (atomically, in ``output_format``), volumes JSON and preview; return its path.
+
+    Args:
+        label: label map (x, y, z) in the input's voxel grid and axes; saved as uint8.
+        affine: the input's voxel-to-world (RAS) affine as read; the segmentation gets it exactly.
+        source: the input file or DICOM series folder: names the case (:func:`scripts.data.layout.case_name`),
+            lends its header to a NIfTI output, is referenced by a DICOM SEG, and is never overwritten.
+        output_dir: destination folder (created; an unwritable folder raises :class:`InputError`).
+        output_format: ``nifti`` (``<case>.nii.gz``), ``seg_nrrd`` (``<case>.seg.nrrd``, 3D Slicer) or
+            ``dicom_seg`` (``<case>.seg.dcm``, DICOM series inputs only).
+        label_names: ``{name: value}`` of the foreground labels (segment names, colours, volumes).
+        preview: ``(image, image_affine)`` to also write ``<case>_preview.png``: the network's input, RAS
+            (x, y, z), float in ``[0, 1]`` or uint8 0..255, and its voxel-to-world affine
+            (:func:`scripts.outputs.preview.render_preview`); ``None`` writes no preview.
+        postfix: appended to the case name (``case_00012<postfix>.nii.gz``).
+        write_volumes: also write ``<case>_volumes.json`` with per-label volumes in mL.
+    """
+    check_output_format(output_format)
+    source, output_dir = str(source), _writable_folder(output_dir)
+    name = case_name(source) + postfix
+    label = np.asarray(label).astype(np.uint8, copy=False)
+    affine = np.asarray(affine, dtype=np.float64)
+    target = output_dir / f"{name}{OUTPUT_SUFFIXES[output_format]}"
+    if source and Path(source).resolve() == target.resolve():
+        raise InputError(f"{target}: refusing to overwrite the input; choose another --output_dir")
+    FORMAT_WRITERS[output_format](label, affine, source, target, label_names)
+    if preview is not None:
+        _write_preview(output_dir / f"{name}_preview.png", preview, label, affine, label_names)
+    if write_volumes:
+        _write_volumes(output_dir / f"{name}_volumes.json", name, source, target, label, affine, label_names)
+    logger.info("wrote %s", target)
+    return target
+
+
+def _writable_folder(folder: str | Path) -> Path:
+    """``folder``, created if missing; an ``OSError`` becomes an :class:`InputError` naming it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{folder}: output folder cannot be written ({exc.strerror})") from None
+    return folder
+
+
+def _write_volumes(path: Path, name: str, source: str, target: Path, label: np.ndarray, affine: np.ndarray,
+                   label_names: Mapping[str, int]) -> None:
+    volumes = {"case": name, "source": source, "segmentation": target.name,
+               **label_volumes_ml(label, affine, label_names)}
+    atomic_write_text(path, json.dumps(volumes, indent=2))
+
+
+def _write_preview(target: Path, preview: tuple[np.ndarray, np.ndarray], label: np.ndarray, affine: np.ndarray,
+                   label_names: Mapping[str, int]) -> None:
+    from .preview import save_preview  # Pillow only when a preview is asked for
+
+    image, image_affine = preview
+    save_preview(target, image, np.asarray(image_affine, dtype=np.float64), label, affine, label_names)
+
+
+def _write_nifti(label: np.ndarray, affine: np.ndarray, source: str, target: Path,
+                 label_names: Mapping[str, int]) -> None:
+    image = _nifti_like_source(label, affine, source)
+    write_output_atomically(target, lambda tmp: nib.save(image, tmp), suffix=".nii.gz")
+
+
+def _nifti_like_source(label: np.ndarray, affine: np.ndarray, source: str) -> nib.Nifti1Image:
+    """A NIfTI input's header is reused (same qform and sform, codes included); others get ``affine``."""
+    if source.lower().endswith((".nii", ".nii.gz")) and Path(source).is_file():
+        header = nib.load(source).header.copy()
+        header.set_data_dtype(np.uint8)
+        header.set_slope_inter(1.0, 0.0)
+        header["cal_min"], header["cal_max"] = 0, 0  # a CT display window would hide labels 1..3 in viewers
+        image = nib.Nifti1Image(label, None, header=header)
+        if np.allclose(image.header.get_best_affine(), affine, atol=1e-4):
+            return image
+    image = nib.Nifti1Image(label, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    return image
+
+
+def _write_seg_nrrd(label: np.ndarray, affine: np.ndarray, source: str, target: Path,
+                    label_names: Mapping[str, int]) -> None:
+    write_seg_nrrd(label, affine, target, label_names)
+
+
+def _write_dicom_seg(label: np.ndarray, affine: np.ndarray, source: str, target: Path,
+                     label_names: Mapping[str, int]) -> None:
+    check_output_format("dicom_seg", [{"image": source}])
+    write_dicom_seg(label, affine, source, target, label_names)
+
+
+FORMAT_WRITERS = {"nifti": _write_nifti, "seg_nrrd": _write_seg_nrrd, "dicom_seg": _write_dicom_seg}
+
+
 class SaveSegmentationd(MapTransform):
-    """Save a label map (channel-first, already inverted to the input grid) as ``<case>.nii.gz`` (uint8).
+    """MONAI adapter of :func:`write_segmentation`: saves a channel-first label map already inverted to the input grid.
 
     The array must have the input's spatial shape; the file gets the input's affine exactly
     (``meta["original_affine"]``, the header as read), so it overlays the scan in any viewer.
@@ -82,64 +183,27 @@ class SaveSegmentationd(MapTransform):
         d = dict(data)
         image_meta = getattr(d[self.image_key], "meta", {})
         source = str(image_meta.get("filename_or_obj", ""))
-        name = case_name(source) + self.output_postfix
-        affine = np.asarray(image_meta.get("original_affine", image_meta.get("affine")), dtype=np.float64)
+        affine = image_meta.get("original_affine", image_meta.get("affine"))
         spatial_shape = tuple(int(s) for s in np.asarray(image_meta["spatial_shape"]).ravel())
-        try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"{self.output_dir}: output folder cannot be written ({exc.strerror})") from None
+        preview = self._preview_image(d[self.image_key], affine) if self.preview else None
         for key in self.key_iterator(d):
-            label = torch.as_tensor(d[key]).detach().cpu().numpy()
-            label = label[0] if label.ndim == len(spatial_shape) + 1 else label
-            if label.shape != spatial_shape:
-                raise RuntimeError(f"{source}: segmentation shape {label.shape} != input shape {spatial_shape}; "
-                                   "the post-processing must invert the pre-processing (Invertd)")
-            label = label.astype(np.uint8, copy=False)
-            target = self.output_dir / f"{name}{OUTPUT_SUFFIXES[self.output_format]}"
-            if source and Path(source).resolve() == target.resolve():
-                raise InputError(f"{target}: refusing to overwrite the input; choose another --output_dir")
-            if self.output_format == "seg_nrrd":
-                write_seg_nrrd(label, affine, target, self.label_names)
-            elif self.output_format == "dicom_seg":
-                check_output_format(self.output_format, [{"image": source}])
-                write_dicom_seg(label, affine, source, target, self.label_names)
-            else:
-                self._write_nifti(label, affine, target, source)
-            if self.preview:
-                self._write_preview(d, label, affine, self.output_dir / f"{name}_preview.png")
-            if self.write_volumes:
-                volumes = {"case": name, "source": source, "segmentation": target.name,
-                           **label_volumes_ml(label, affine, self.label_names)}
-                atomic_write_text(self.output_dir / f"{name}_volumes.json", json.dumps(volumes, indent=2))
-            logger.info("wrote %s", target)
+            write_segmentation(_label_array(d[key], spatial_shape, source), affine, source, self.output_dir,
+                               output_format=self.output_format, label_names=self.label_names, preview=preview,
+                               postfix=self.output_postfix, write_volumes=self.write_volumes)
         return d
 
-    def _write_preview(self, d: Mapping, label: np.ndarray, affine: np.ndarray, target: Path) -> None:
-        from .preview import save_preview  # Pillow only when a preview is asked for
-
-        image = d[self.image_key]
-        array = torch.as_tensor(image).detach().cpu().numpy()  # float in [0, 1], or uint8 0..255 (streaming path)
-        array = array[0] if array.ndim == 4 else array
-        image_affine = np.asarray(getattr(image, "affine", affine), dtype=np.float64)
-        save_preview(target, array, image_affine, label, affine, self.label_names)
-
-    def _write_nifti(self, label: np.ndarray, affine: np.ndarray, target: Path, source: str) -> None:
-        image = self._nifti_like_source(label, affine, source)
-        write_output_atomically(target, lambda tmp: nib.save(image, tmp), suffix=".nii.gz")
-
     @staticmethod
-    def _nifti_like_source(label: np.ndarray, affine: np.ndarray, source: str) -> nib.Nifti1Image:
-        """A NIfTI input's header is reused (same qform and sform, codes included); others get ``affine``."""
-        if source.lower().endswith((".nii", ".nii.gz")) and Path(source).is_file():
-            header = nib.load(source).header.copy()
-            header.set_data_dtype(np.uint8)
-            header.set_slope_inter(1.0, 0.0)
-            header["cal_min"], header["cal_max"] = 0, 0  # a CT display window would hide labels 1..3 in viewers
-            image = nib.Nifti1Image(label, None, header=header)
-            if np.allclose(image.header.get_best_affine(), affine, atol=1e-4):
-                return image
-        image = nib.Nifti1Image(label, affine)
-        image.set_qform(affine, code=1)
-        image.set_sform(affine, code=1)
-        return image
+    def _preview_image(image: torch.Tensor, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(image, image_affine)`` for :func:`write_segmentation`: channel dropped, its own affine if it has one."""
+        array = torch.as_tensor(image).detach().cpu().numpy()  # float in [0, 1]
+        return (array[0] if array.ndim == 4 else array), getattr(image, "affine", affine)
+
+
+def _label_array(label: torch.Tensor, spatial_shape: tuple[int, ...], source: str) -> np.ndarray:
+    """The label map as a numpy array of the input's spatial shape (channel dropped)."""
+    label = torch.as_tensor(label).detach().cpu().numpy()
+    label = label[0] if label.ndim == len(spatial_shape) + 1 else label
+    if label.shape != spatial_shape:
+        raise RuntimeError(f"{source}: segmentation shape {label.shape} != input shape {spatial_shape}; "
+                           "the post-processing must invert the pre-processing (Invertd)")
+    return label
