@@ -1,4 +1,4 @@
-"""Tests for scripts/evaluation/metrics.py: KiTS regions, per-case metrics, reports and the evaluation handler (CPU, fast).
+"""Tests for scripts/evaluation: KiTS regions, per-case metrics, reports and the evaluation handler (CPU, fast).
 
 Run from the bundle root: ``python -m pytest tests/test_metrics.py -q``.
 """
@@ -22,17 +22,11 @@ from monai.data import DataLoader, MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
-from scripts.evaluation.metrics import (
-    KiTSCaseMetrics,
-    KiTSMetricsHandler,
-    LabelToRegionsd,
-    case_name_from_path,
-    labels_to_regions,
-    region_definitions,
-    spacing_from_meta,
-    summarise_metrics,
-    write_metrics_csv,
-)
+from scripts.data.layout import case_name
+from scripts.evaluation.case_metrics import KiTSCaseMetrics, spacing_from_meta
+from scripts.evaluation.handler import KiTSMetricsHandler
+from scripts.evaluation.regions import LabelToRegionsd, labels_to_regions, region_definitions
+from scripts.evaluation.report import summarise_metrics, write_metrics_csv
 
 KITS23_MASKS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kits23_masks"
 
@@ -275,7 +269,7 @@ def test_case_metrics_argument_errors():
 
 def test_label_outside_regions_warns(caplog):
     label = _cube((6, 6, 6), (1, 1, 1), 3, value=3)  # a cyst, but KiTS19 regions
-    with caplog.at_level(logging.WARNING, logger="scripts.evaluation.metrics"):
+    with caplog.at_level(logging.WARNING, logger="scripts.evaluation.case_metrics"):
         row = KiTSCaseMetrics(keep_cyst=False)(label, label, spacing=(1.0, 1.0, 1.0))
     assert "outside every region" in caplog.text
     assert row["kidney_status"] == "both_empty"
@@ -345,8 +339,8 @@ def test_write_metrics_csv(tmp_path):
         ("scan.nii", "scan"),
     ],
 )
-def test_case_name_from_path(path, expected):
-    assert case_name_from_path(path) == expected
+def test_case_name(path, expected):
+    assert case_name(path) == expected
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -390,7 +384,7 @@ def test_handler_with_supervised_evaluator(tmp_path, caplog):
         inferer=SimpleInferer(),
         val_handlers=[handler],
     )
-    with caplog.at_level(logging.INFO, logger="scripts.evaluation.metrics"):
+    with caplog.at_level(logging.INFO, logger="scripts.evaluation.handler"):
         evaluator.run()
 
     out = tmp_path / "metrics"

@@ -27,6 +27,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
@@ -341,6 +342,685 @@ def _point_in_kidney(rng: np.random.Generator, kid: _Ellipsoid, depth: tuple[flo
     return kid.centre + kid.axes.T @ (f * d * kid.semi)
 
 
+def _pick_kidney(rng: np.random.Generator, kidneys: dict[int, _Ellipsoid]) -> _Ellipsoid:
+    """A kidney drawn with equal odds among those present."""
+    sides = sorted(kidneys)
+    return kidneys[sides[int(rng.random() * len(sides))]]
+
+
+# ---- per-case draws (anatomy, tumour and cyst streams), before any voxel exists ----
+
+
+@dataclass(frozen=True)
+class _Habitus:
+    """Body shape (mm, body centre at x = y = 0): outline, wall layers and the spine's position."""
+
+    half_w: float
+    half_ap: float
+    t_sc: float  # subcutaneous fat
+    t_mus: float  # abdominal wall muscle
+    p_ant: float  # superellipse exponent in front of the body centre
+    p_post: float  # and behind it (a flatter back)
+    taper: float  # abdomen slightly wider or narrower towards the feet
+    inner_w: float  # half-axes of the abdominal cavity inside the muscle wall
+    inner_ap: float
+    vert_rx: float  # vertebral body half-axes
+    vert_ry: float
+    canal_r: float
+    para_rx: float  # paraspinal muscle half-axes
+    para_ry: float
+    para_y: float
+    canal_y: float
+    y_vert: float  # vertebral body centre
+
+    @property
+    def y_ant_spine(self) -> float:
+        """Front edge of the vertebral body."""
+        return self.y_vert + self.vert_ry
+
+
+def _draw_habitus(rng: np.random.Generator, fov: float) -> _Habitus:
+    """Body habitus: the anatomy stream's first draws."""
+    u = rng.uniform
+    half_w = min(u(150, 200), fov / 2 - 15)
+    half_ap = u(100, 150)
+    t_sc = u(8, 15) + u(0, 0.45) * (half_ap - 100)  # subcutaneous fat, thicker in larger patients
+    t_mus = u(7, 14)
+    p_ant, p_post = u(2.0, 2.5), u(2.6, 3.4)
+    taper = u(-0.06, 0.06)
+    # Back to front: paraspinal muscles against the posterior fat, spinal canal, vertebral body.
+    vert_rx, vert_ry = u(19, 24), u(14, 18)
+    canal_r = u(7, 9)
+    para_rx, para_ry = u(22, 30), u(18, 26)
+    para_y = -(half_ap - t_sc) + 0.9 * para_ry
+    canal_y = para_y + u(8, 14)
+    y_vert = canal_y + canal_r + u(1, 3) + vert_ry
+    return _Habitus(
+        half_w, half_ap, t_sc, t_mus, p_ant, p_post, taper, half_w - t_sc - t_mus, half_ap - t_sc - t_mus,
+        vert_rx, vert_ry, canal_r, para_rx, para_ry, para_y, canal_y, y_vert,
+    )
+
+
+@dataclass(frozen=True)
+class _Contrast:
+    """Contrast phase and the mean HU of each tissue it sets."""
+
+    phase: str
+    cm: bool  # corticomedullary
+    fat: float
+    fat_in: float
+    muscle: float
+    liver: float
+    spleen: float
+    aorta: float
+    ivc: float
+    cortex: float
+    medulla: float
+    bone_c: float  # cancellous
+    bone_k: float  # cortical
+
+
+def _draw_contrast(rng: np.random.Generator, phase: str | None) -> _Contrast:
+    """Phase and organ HU; every value of both phases is drawn, so ``phase`` shifts no later draw."""
+    u = rng.uniform
+    phase_i = int(rng.integers(0, 2))
+    phase_name = PHASES[phase_i] if phase is None else phase
+    cm = phase_name == "corticomedullary"
+    hu_fat, hu_fat_in, hu_muscle = u(-120, -80), u(-115, -85), u(40, 60)
+    hu_liver, hu_spleen = u(90, 130), u(100, 130)
+    aorta_arterial, aorta_venous = u(200, 400), u(150, 200)
+    ivc_arterial, ivc_venous = u(80, 120), u(130, 170)
+    cortex_a, medulla_a, homog, jitter = u(150, 250), u(60, 100), u(120, 200), rng.uniform(-5, 5, 2)
+    hu_cortex, hu_medulla = (cortex_a, medulla_a) if cm else (homog + jitter[0], homog + jitter[1])
+    hu_bone_c, hu_bone_k = u(200, 400), u(700, 1200)
+    return _Contrast(
+        phase_name, cm, hu_fat, hu_fat_in, hu_muscle, hu_liver, hu_spleen,
+        aorta_arterial if cm else aorta_venous, ivc_arterial if cm else ivc_venous,
+        hu_cortex, hu_medulla, hu_bone_c, hu_bone_k,
+    )
+
+
+@dataclass(frozen=True)
+class _Kidneys:
+    """The kidneys present (side +1 right, -1 left), both kidney beds and what the painting needs."""
+
+    present: dict[int, _Ellipsoid]
+    beds: list[_Ellipsoid]  # both kidneys, also after a nephrectomy
+    perirenal_margin: dict[int, float]
+    pyramid_dirs: dict[int, np.ndarray]
+    cortex_t: float
+    drop_right: float  # the right kidney sits 1-2 cm lower
+
+
+def _draw_kidney(
+    rng: np.random.Generator, side: int, hab: _Habitus, drop_right: float
+) -> tuple[_Ellipsoid, float, np.ndarray]:
+    """One kidney (z = 0 at the left kidney centre), its perirenal fat margin and its pyramid directions."""
+    u = rng.uniform
+    semi = np.array([u(27, 35), u(17, 25), u(52, 65)])  # 5.4-7 x 3.4-5 x 10.4-13 cm, ~130-240 mL
+    axes = _kidney_axes(side, rng)
+    y_c = hab.y_vert + u(-5, 15)
+    # Lateral position, kept inside the muscle wall at that depth.
+    wall_x = hab.inner_w * (1 - min(abs(y_c) / hab.inner_ap, 0.95) ** hab.p_post) ** (1 / hab.p_post)
+    x_c = min(u(68, 90), wall_x - semi[0] - 10)
+    z_c = -drop_right if side == 1 else 0.0
+    margin = u(8, 18)
+    # Medullary pyramid directions (normalised kidney space), spread over the sphere except the hilum.
+    dirs = rng.standard_normal((48, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    pyramid_dirs = dirs[dirs[:, 0] < 0.4][: int(rng.integers(10, 15))]
+    return _Ellipsoid([side * x_c, y_c, z_c], semi, axes), margin, pyramid_dirs
+
+
+def _draw_kidneys(rng: np.random.Generator, hab: _Habitus, single_kidney: bool | None) -> _Kidneys:
+    """Both kidneys, then drop one after a (drawn or requested) nephrectomy."""
+    drop_right = rng.uniform(10, 20)
+    one_kidney = rng.random() < 0.10
+    lost_side = 1 if rng.random() < 0.5 else -1
+    if single_kidney is not None:
+        one_kidney = bool(single_kidney)
+    drawn = {side: _draw_kidney(rng, side, hab, drop_right) for side in (1, -1)}
+    cortex_t = rng.uniform(4, 8)
+    present = {side: d[0] for side, d in drawn.items()}
+    beds = list(present.values())
+    if one_kidney:
+        del present[lost_side]
+    margins = {side: d[1] for side, d in drawn.items()}
+    pyramid_dirs = {side: d[2] for side, d in drawn.items()}
+    return _Kidneys(present, beds, margins, pyramid_dirs, cortex_t, drop_right)
+
+
+@dataclass(frozen=True)
+class _Tumour:
+    """A renal mass: lobes, optional necrotic core (ellipsoid, HU) and how it is shaded."""
+
+    lobes: list[_Ellipsoid]
+    necrosis: tuple[_Ellipsoid, float] | None
+    hu_quantile: float  # see _tumour_hu
+    texture: tuple[float, float]  # amplitude (HU) and correlation length (mm)
+    fat_margin: float
+
+
+def _draw_tumour(rng: np.random.Generator, kid: _Ellipsoid, primary: bool) -> _Tumour:
+    """One tumour in ``kid``."""
+    u = rng.uniform
+    # The primary mass is 12-40 mm in radius (KiTS23 masks: median ~13 mm, quartiles 11-19 mm; kept a
+    # little larger so the class is learnable at demo resolution); further masses are 8-25 mm.
+    r_lo, r_hi = (12.0, 40.0) if primary else (8.0, 25.0)
+    r = float(np.exp(u(np.log(r_lo), np.log(r_hi))))
+    centre = _point_in_kidney(rng, kid, (0.35, 1.05))
+    lobes = [_Ellipsoid(centre, r * rng.uniform(0.8, 1.2, 3), _random_axes(rng))]
+    for _ in range(int(rng.integers(0, 4))):
+        off = _unit(rng.standard_normal(3)) * r * u(0.5, 0.9)
+        lobes.append(_Ellipsoid(centre + off, r * u(0.35, 0.65) * rng.uniform(0.8, 1.2, 3), _random_axes(rng)))
+    necrosis = None
+    if r > 18 and rng.random() < 0.35:
+        necrosis = (_Ellipsoid(centre + rng.uniform(-0.15, 0.15, 3) * r, r * rng.uniform(0.3, 0.55, 3)), u(10, 30))
+    # Mottled enhancement: smoothed noise of 20-35 HU with a 2-4 mm correlation length.
+    return _Tumour(lobes, necrosis, rng.random(), (u(20, 35), u(2.0, 4.0)), u(3, 6))
+
+
+def _draw_tumours(rng: np.random.Generator, kidneys: dict[int, _Ellipsoid], num: int | None) -> list[_Tumour]:
+    """0-3 tumours (or ``num``), each in a randomly picked kidney."""
+    n_tum = int(rng.choice([0, 1, 2, 3], p=[0.12, 0.68, 0.13, 0.07]))
+    n_tum = n_tum if num is None else num
+    return [_draw_tumour(rng, _pick_kidney(rng, kidneys), i == 0) for i in range(n_tum)]
+
+
+def _draw_cysts(
+    rng: np.random.Generator, kidneys: dict[int, _Ellipsoid], num: int | None
+) -> list[tuple[_Ellipsoid, float]]:
+    """0-2 spherical cysts (or ``num``) as (sphere, HU), each in a randomly picked kidney."""
+    n_cyst = int(rng.choice([0, 1, 2], p=[0.5, 0.35, 0.15]))
+    n_cyst = n_cyst if num is None else num
+    cysts = []
+    for _ in range(n_cyst):
+        kid = _pick_kidney(rng, kidneys)
+        r = rng.uniform(5, 25)
+        cysts.append((_Ellipsoid(_point_in_kidney(rng, kid, (0.5, 1.05)), [r, r, r]), rng.uniform(0, 20)))
+    return cysts
+
+
+def _draw_z_range(rng: np.random.Generator, objs: list[_Ellipsoid], thickness: float) -> tuple[float, int]:
+    """Bottom z (mm) and slice count: 150-220 mm covering ``objs`` with margin (the anatomy stream's last draws)."""
+    extent_draw, extent_split = rng.uniform(150, 220), rng.uniform(0.25, 0.75)
+    z_lo = min(o.centre[2] - o.half_extent()[2] for o in objs)
+    z_hi = max(o.centre[2] + o.half_extent()[2] for o in objs)
+    extent = max(extent_draw, z_hi - z_lo + 20)
+    spare = extent - (z_hi - z_lo)
+    z_bottom = z_lo - spare * extent_split
+    return z_bottom, max(int(round(extent / thickness)), 8)
+
+
+# ---- the scene: tissue ids painted on the voxel grid (scene stream), stage by stage in paint order ----
+
+
+class _Scene:
+    """A phantom being painted: grid, tissue-id volume, tissue registry, body masks and the scene generator."""
+
+    def __init__(self, grid: _Grid, rng: np.random.Generator, fov: float):
+        self.grid, self.rng, self.fov = grid, rng, fov
+        self.tis = _Tissues()
+        self.ids: dict[str, int] = {}
+        self.z = grid.coords[2]
+        self.z_top = float(self.z[-1])
+        self.zn = (self.z - self.z[0]) / max(float(self.z[-1] - self.z[0]), 1.0)  # 0 at the feet end, 1 at the head
+        self.vol = np.full(grid.shape, self.add("air", -1000), dtype=np.uint8)
+        # Inside the subcutaneous fat and inside the muscle wall; set by _paint_body_layers.
+        self.sub: np.ndarray | None = None
+        self.inner: np.ndarray | None = None
+
+    def add(self, name: str, hu: float, label: int = 0) -> int:
+        """Register a tissue that later stages look up by ``name``; returns its id."""
+        self.ids[name] = self.tis.add(hu, label)
+        return self.ids[name]
+
+    def paint_inside(self, ell: _Ellipsoid, value: int, keep: Callable | None = None) -> None:
+        """Paint an ellipsoid with tissue id ``value`` inside the abdominal cavity."""
+        _paint_ellipsoid(self.vol, self.grid, ell, value, self.inner, keep)
+
+    def labels(self) -> np.ndarray:
+        """The label volume (uint8) of the painted tissues."""
+        return np.asarray(self.tis.label, dtype=np.uint8)[self.vol]
+
+
+def _place_grid(rng: np.random.Generator, fov: float, half_ap: float, shape, spacing, z_bottom: float) -> _Grid:
+    """The scan's voxel grid, the body centre off the scanner axis (the scene stream's first draws)."""
+    u = rng.uniform
+    offset = (u(-10, 10), u(0, max(min(30.0, fov / 2 - half_ap - 25), 0)))
+    return _Grid(shape, spacing, offset, z_bottom)
+
+
+def _paint_body_layers(s: _Scene, hab: _Habitus, contrast: _Contrast) -> None:
+    """Subcutaneous fat, muscle wall and intra-abdominal fat: nested superellipses tapering along z."""
+    fat_sc = s.add("fat_sc", contrast.fat)
+    muscle = s.add("muscle", contrast.muscle)
+    fat_in = s.add("fat_in", contrast.fat_in)
+    wscale = 1 + hab.taper * (1 - 2 * s.zn)
+    a_z, b_z = hab.half_w * wscale, hab.half_ap * (1 + 0.5 * hab.taper * (1 - 2 * s.zn))
+    np.putmask(s.vol, _inside_superellipse(s.grid, a_z, b_z, hab.p_ant, hab.p_post), fat_sc)
+    s.sub = _inside_superellipse(s.grid, a_z - hab.t_sc, b_z - hab.t_sc, hab.p_ant, hab.p_post)
+    np.putmask(s.vol, s.sub, muscle)
+    a_in, b_in = a_z - hab.t_sc - hab.t_mus, b_z - hab.t_sc - hab.t_mus
+    s.inner = _inside_superellipse(s.grid, a_in, b_in, hab.p_ant, hab.p_post)
+    np.putmask(s.vol, s.inner, fat_in)
+
+
+def _paint_table(s: _Scene, hab: _Habitus) -> None:
+    """Patient table under the back (80% of cases): a slightly curved foam core in a dense shell."""
+    rng, u = s.rng, s.rng.uniform
+    if rng.random() >= 0.8:
+        return
+    table_y = -hab.half_ap - u(5, 25)
+    th = u(8, 18)
+    bend = u(0.0, 0.0006)
+    half_table = min(s.fov * 0.45, u(220, 260))
+    shell, core = s.tis.add(u(50, 200)), s.tis.add(u(-200, -100))
+    sl = s.grid.bbox([-half_table, table_y - th - 1, -1e9], [half_table, table_y + bend * half_table**2 + 1, 1e9])
+    if sl is None:
+        return
+    x = s.grid.axis(0, sl[0])
+    top = table_y + bend * x**2
+    y = s.grid.axis(1, sl[1])
+    slab = (y <= top) & (y >= top - th)
+    skin = slab & ((y >= top - 3.5) | (y <= top - th + 3.5))
+    full = np.broadcast_to(slab, tuple(d.stop - d.start for d in sl))
+    _paint(s.vol, sl, full, core)
+    _paint(s.vol, sl, np.broadcast_to(skin, full.shape), shell)
+
+
+def _paint_bowel(s: _Scene, hab: _Habitus) -> None:
+    """Bowel tissues, then 30-55 loops in front of the spine (distractors)."""
+    u = s.rng.uniform
+    s.add("bowel_wall", u(30, 60))
+    s.add("gas", u(-1000, -950))
+    s.add("fluid", u(0, 25))
+    s.add("soft", u(25, 50))
+    s.add("stool_soft", u(-50, 40))
+    for _ in range(int(s.rng.integers(30, 55))):
+        _paint_bowel_loop(s, hab)
+
+
+def _paint_bowel_loop(s: _Scene, hab: _Habitus) -> None:
+    """One loop: a wall around gas, fluid or soft content."""
+    rng, u = s.rng, s.rng.uniform
+    c = [
+        u(-0.85, 0.85) * hab.inner_w,
+        u(min(hab.y_ant_spine + 15, hab.inner_ap - 25), hab.inner_ap - 8),
+        u(s.z[0], s.z_top),
+    ]
+    semi = rng.uniform(10, 24) * rng.uniform(0.7, 1.4, 3)
+    ell = _Ellipsoid(c, semi, _random_axes(rng))
+    content = [s.ids["gas"], s.ids["fluid"], s.ids["soft"]][int(rng.choice(3, p=[0.3, 0.4, 0.3]))]
+    s.paint_inside(ell, s.ids["bowel_wall"])
+    if content != s.ids["soft"]:
+        wall_t = u(2, 4)
+        s.paint_inside(_Ellipsoid(c, np.maximum(semi - wall_t, 1), ell.axes), content)
+
+
+def _paint_stomach(s: _Scene, hab: _Habitus) -> None:
+    """Stomach in the upper left with an air-fluid level (gas rises anteriorly in a supine patient)."""
+    u = s.rng.uniform
+    st = _Ellipsoid(
+        [-u(0.2, 0.45) * hab.inner_w, u(0.25, 0.45) * hab.inner_ap, s.z_top + u(-10, 30)],
+        [u(40, 60), u(30, 45), u(50, 70)],
+    )
+    s.paint_inside(st, s.ids["bowel_wall"])
+    got = _Ellipsoid(st.centre, st.semi - 4).mask(s.grid)
+    if got is None:
+        return
+    sl, m = got
+    _paint(s.vol, sl, m, s.ids["fluid"], s.inner)
+    level = st.centre[1] + u(-0.2, 0.6) * st.semi[1]
+    _paint(s.vol, sl, m & (s.grid.axis(1, sl[1]) > level), s.ids["gas"], s.inner)
+
+
+def _paint_colon(s: _Scene, hab: _Habitus, side: int) -> None:
+    """Ascending (``side`` +1, right) or descending (-1, left) colon along the flank, with mottled stool."""
+    rng, u = s.rng, s.rng.uniform
+    mottle_rng = np.random.default_rng(int(rng.integers(0, 2**62)))
+    r = u(14, 24)
+    cx = side * (hab.inner_w - r - u(5, 25)) + u(-5, 5) * np.sin(s.zn * u(2, 6) + u(0, 6))
+    cy = hab.y_vert + u(15, 45) + u(-5, 5) * np.cos(s.zn * u(2, 6))
+    zsel = s.zn <= u(0.55, 0.95)
+    got = _tube_mask(s.grid, cx, cy, r, r * u(0.8, 1.0), zsel)
+    if got is None:
+        return
+    _paint(s.vol, got[0], got[1], s.ids["bowel_wall"], s.inner)
+    got_in = _tube_mask(s.grid, cx, cy, r - 3, r * 0.9 - 3, zsel)
+    if got_in is None:
+        return
+    sl, m = got_in
+    mot = _smooth_noise(mottle_rng, m.shape, (1.5, 1.5, 0.8)) > mottle_rng.uniform(-0.5, 0.3)
+    _paint(s.vol, sl, m & mot, s.ids["gas"], s.inner)
+    _paint(s.vol, sl, m & ~mot, s.ids["stool_soft"], s.inner)
+
+
+def _liver_keep(kidneys: dict[int, _Ellipsoid], cut_fx: float, cut_fy: float) -> Callable | None:
+    """The cut that keeps the liver anterolateral to the right kidney, never behind or medial to it."""
+    if 1 not in kidneys:
+        return None
+    kr = kidneys[1]
+    cut_x = kr.centre[0] + cut_fx * kr.semi[0]
+    cut_y = kr.centre[1] + cut_fy * kr.semi[1]
+
+    def keep(x, y, z):
+        return (x > cut_x) | (y > cut_y)
+
+    return keep
+
+
+def _paint_liver(s: _Scene, hab: _Habitus, contrast: _Contrast, kidneys: _Kidneys) -> None:
+    """Liver (right and left lobes) in the upper right, above the right kidney."""
+    u, present = s.rng.uniform, kidneys.present
+    right_top = present[1].centre[2] + present[1].half_extent()[2] if 1 in present else -kidneys.drop_right + 55
+    liver = s.add("liver", contrast.liver)
+    lz = right_top + u(15, 45)
+    right_lobe = _Ellipsoid(
+        [u(0.35, 0.5) * hab.inner_w, u(-0.1, 0.15) * hab.inner_ap, lz],
+        [u(0.5, 0.65) * hab.inner_w, u(0.65, 0.85) * hab.inner_ap, u(75, 100)],
+    )
+    left_lobe = _Ellipsoid(
+        [u(-0.15, 0.1) * hab.inner_w, u(0.3, 0.5) * hab.inner_ap, lz + u(10, 30)],
+        [u(0.35, 0.5) * hab.inner_w, u(0.25, 0.35) * hab.inner_ap, u(50, 70)],
+    )
+    keep = _liver_keep(present, u(0.3, 0.7), u(0.0, 0.5))
+    s.paint_inside(right_lobe, liver, keep)
+    s.paint_inside(left_lobe, liver, keep)
+
+
+def _paint_spleen(s: _Scene, hab: _Habitus, contrast: _Contrast, kidneys: _Kidneys) -> None:
+    """Spleen in the upper left, beside the left kidney's upper pole."""
+    u, present = s.rng.uniform, kidneys.present
+    spleen = s.add("spleen", contrast.spleen)
+    left_top = present[-1].centre[2] + present[-1].half_extent()[2] if -1 in present else 55
+    ang = np.deg2rad(u(25, 50))
+    sp_axes = np.array([[np.cos(ang), -np.sin(ang), 0], [np.sin(ang), np.cos(ang), 0], [0, 0, 1]])
+    sp = _Ellipsoid(
+        [-(hab.inner_w - u(30, 45)), hab.y_vert + u(0, 35), left_top + u(-20, 20)],
+        [u(25, 35), u(45, 65), u(45, 65)],
+        sp_axes,
+    )
+    s.paint_inside(sp, spleen)
+
+
+def _paint_lung_bases(s: _Scene, hab: _Habitus) -> None:
+    """Lung bases (posterior costophrenic recesses) in the top slices, in half of the cases."""
+    rng, u = s.rng, s.rng.uniform
+    if rng.random() >= 0.5:
+        return
+    lung = s.tis.add(u(-900, -750))
+    for side in (1, -1):
+        depth = u(5, 35)
+        sz = u(120, 180)
+        ell = _Ellipsoid(
+            [side * u(0.4, 0.55) * hab.inner_w, hab.y_vert - u(0, 15), s.z_top + sz - depth],
+            [u(0.35, 0.45) * hab.inner_w, u(0.45, 0.6) * hab.inner_ap, sz],
+        )
+        s.paint_inside(ell, lung)
+
+
+def _paint_perirenal_fat(s: _Scene, kidneys: _Kidneys) -> None:
+    """Perirenal fat around each kidney (before the muscles so psoas and spine stay visible beside it)."""
+    perirenal = s.add("perirenal", s.rng.uniform(-115, -85))
+    for side, kid in kidneys.present.items():
+        margin = kidneys.perirenal_margin[side]
+        s.paint_inside(_Ellipsoid(kid.centre, kid.semi + margin, kid.axes), perirenal)
+
+
+def _paint_spine(s: _Scene, hab: _Habitus, contrast: _Contrast) -> None:
+    """Spine and back muscles."""
+    u = s.rng.uniform
+    s.add("bone_c", contrast.bone_c)
+    s.add("bone_k", contrast.bone_k)
+    s.add("disc", u(70, 100))
+    s.add("csf", u(0, 15))
+    is_disc, mid_vert = _vertebral_levels(s)
+    _paint_back_muscles(s, hab)
+    _paint_vertebral_body(s, hab, is_disc)
+    _paint_neural_arch(s, hab, is_disc, mid_vert)
+
+
+def _vertebral_levels(s: _Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice: inside an intervertebral disc; near a vertebra's middle (transverse processes)."""
+    u = s.rng.uniform
+    period, disc_t = u(30, 36), u(7, 10)
+    phase0 = u(0, period)
+    is_disc = ((s.z - phase0) % period) < disc_t
+    mid_vert = np.abs(((s.z - phase0) % period) - (disc_t + (period - disc_t) / 2)) < u(4, 7)
+    return is_disc, mid_vert
+
+
+def _paint_back_muscles(s: _Scene, hab: _Habitus) -> None:
+    """Paraspinal (erector spinae) muscles, psoas and quadratus lumborum on both sides."""
+    u, muscle = s.rng.uniform, s.ids["muscle"]
+    psoas_r = u(6, 10) + s.zn[::-1] * u(10, 16)  # psoas grows towards the feet
+    for side in (1, -1):
+        para_x = side * (hab.para_rx + u(2, 6))
+        _paint_tube(s.vol, s.grid, muscle, para_x, hab.para_y, hab.para_rx, hab.para_ry, within=s.sub)
+        psoas_x = side * (hab.vert_rx + psoas_r * 0.9 + u(0, 4))
+        psoas_y = hab.y_vert + u(-4, 4)
+        _paint_tube(s.vol, s.grid, muscle, psoas_x, psoas_y, psoas_r, psoas_r * u(0.8, 1.0), within=s.inner)
+        ql_x = side * (hab.vert_rx + 2 * psoas_r + u(12, 22))
+        ql_y = hab.y_vert - u(10, 20)
+        _paint_tube(s.vol, s.grid, muscle, ql_x, ql_y, u(12, 20), u(7, 11), zsel=s.zn < 0.8, within=s.inner)
+
+
+def _paint_vertebral_body(s: _Scene, hab: _Habitus, is_disc: np.ndarray) -> None:
+    """Vertebral body: cancellous core with a cortical rim; discs between vertebrae."""
+    rim = s.rng.uniform(1.5, 2.5)
+    got = _tube_mask(s.grid, 0.0, hab.y_vert, hab.vert_rx, hab.vert_ry)
+    if got is None:
+        return
+    sl, m = got
+    _paint(s.vol, sl, m, s.ids["bone_k"])
+    core = _tube_mask(s.grid, 0.0, hab.y_vert, hab.vert_rx - rim, hab.vert_ry - rim)
+    if core is not None:
+        _paint(s.vol, core[0], core[1], s.ids["bone_c"])
+    _paint(s.vol, sl, m & is_disc[sl[2]].reshape(1, 1, -1), s.ids["disc"])
+
+
+def _paint_neural_arch(s: _Scene, hab: _Habitus, is_disc: np.ndarray, mid_vert: np.ndarray) -> None:
+    """Neural arch, spinous and transverse processes, spinal canal."""
+    u, bone, not_disc = s.rng.uniform, s.ids["bone_k"], ~is_disc
+    canal_y, canal_r = hab.canal_y, hab.canal_r
+    _paint_tube(s.vol, s.grid, bone, 0.0, canal_y, canal_r + u(4, 6), canal_r + u(4, 6), zsel=not_disc)
+    _paint_tube(s.vol, s.grid, bone, 0.0, canal_y - canal_r - u(12, 18), u(3, 5), u(12, 18), zsel=not_disc)
+    _paint_tube(s.vol, s.grid, bone, 0.0, canal_y + 2, u(32, 44), u(2.5, 4), zsel=mid_vert & not_disc)
+    _paint_tube(s.vol, s.grid, s.ids["csf"], 0.0, canal_y, canal_r, canal_r)
+
+
+def _paint_vessels(s: _Scene, hab: _Habitus, contrast: _Contrast) -> None:
+    """Great vessels: aorta (left) and IVC (right) in front of the spine, in retroperitoneal fat cuffs."""
+    u = s.rng.uniform
+    aorta = s.tis.add(contrast.aorta)
+    ivc = s.tis.add(contrast.ivc)
+    wob = np.sin(s.zn * u(1, 3) + u(0, 6))
+    r_ao = u(9, 13)
+    ao_x, ao_y = -u(10, 22) + 3 * wob, hab.y_ant_spine + r_ao + u(2, 6)
+    ivc_x, ivc_y, ivc_rx, ivc_ry = u(18, 30) - 2 * wob, hab.y_ant_spine + u(8, 14), u(11, 16), u(7, 11)
+    # Retroperitoneal fat cuffs keep bowel loops off the great vessels.
+    not_organ = s.inner & (s.vol != s.ids["liver"]) & (s.vol != s.ids["spleen"])
+    _paint_tube(s.vol, s.grid, s.ids["fat_in"], ao_x, ao_y, r_ao + 5, r_ao + 5, within=not_organ)
+    _paint_tube(s.vol, s.grid, s.ids["fat_in"], ivc_x, ivc_y, ivc_rx + 5, ivc_ry + 5, within=not_organ)
+    del not_organ
+    _paint_tube(s.vol, s.grid, aorta, ao_x, ao_y, r_ao, r_ao, within=s.inner)
+    _paint_tube(s.vol, s.grid, ivc, ivc_x, ivc_y, ivc_rx, ivc_ry, within=s.inner)
+
+
+def _paint_kidneys(s: _Scene, contrast: _Contrast, kidneys: _Kidneys) -> None:
+    """Kidneys (label 1): cortex, medullary pyramids, fatty sinus opening anteromedially."""
+    s.add("cortex", contrast.cortex, 1)
+    s.add("medulla", contrast.medulla, 1)
+    s.add("sinus", s.rng.uniform(-100, -50))
+    for side, kid in kidneys.present.items():
+        _paint_kidney(s, kid, kidneys.pyramid_dirs[side], kidneys.cortex_t)
+
+
+def _paint_kidney(s: _Scene, kid: _Ellipsoid, pyramid_dirs: np.ndarray, cortex_t: float) -> None:
+    """One kidney: cortex everywhere, then the pyramids under a ``cortex_t``-thick cortex, then the sinus."""
+    got = kid.local(s.grid)
+    if got is None:
+        return
+    sl, (lu, lv, lw) = got
+    a, b, c = kid.semi
+    outer = (lu / a) ** 2 + (lv / b) ** 2 + (lw / c) ** 2 <= 1
+    _paint(s.vol, sl, outer, s.ids["cortex"], s.inner)
+    outer_r = 1 - cortex_t / a
+    rad = max((outer_r - 0.35) / 2, 0.1)
+    for d in pyramid_dirs:
+        _paint_pyramid(s, kid, d, rad)
+    sin_q = ((lu - 0.72 * a) / (0.42 * a)) ** 2 + (lv / (0.32 * b)) ** 2 + (lw / (0.4 * c)) ** 2
+    _paint(s.vol, sl, (sin_q <= 1) & outer, s.ids["sinus"], s.inner)
+
+
+def _paint_pyramid(s: _Scene, kid: _Ellipsoid, d: np.ndarray, rad: float) -> None:
+    """A medullary pyramid: a dark oval along direction ``d`` (normalised kidney space) around the sinus."""
+    a, b, c = kid.semi
+    cn = (0.35 + rad) * d
+    cw = kid.centre + kid.axes.T @ (cn * kid.semi)
+    hw = np.abs(kid.axes.T) @ (max(rad, 0.27) * kid.semi)
+    psl = s.grid.bbox(cw - hw, cw + hw)
+    if psl is None:
+        return
+    pu, pv, pw = kid.local_in(s.grid, psl)
+    du, dv, dw = pu / a - np.float32(cn[0]), pv / b - np.float32(cn[1]), pw / c - np.float32(cn[2])
+    r_ = du * np.float32(d[0]) + dv * np.float32(d[1]) + dw * np.float32(d[2])
+    pyr = (r_ / rad) ** 2 + (du * du + dv * dv + dw * dw - r_ * r_) / 0.27**2 <= 1
+    in_kid = (pu / a) ** 2 + (pv / b) ** 2 + (pw / c) ** 2 <= 1
+    _paint(s.vol, psl, pyr & in_kid, s.ids["medulla"], s.inner)
+
+
+def _paint_anatomy(s: _Scene, hab: _Habitus, contrast: _Contrast, kidneys: _Kidneys) -> None:
+    """Every organ, in paint order (later stages overwrite earlier ones)."""
+    _paint_body_layers(s, hab, contrast)
+    _paint_table(s, hab)
+    _paint_bowel(s, hab)
+    _paint_stomach(s, hab)
+    for side in (1, -1):
+        _paint_colon(s, hab, side)
+    _paint_liver(s, hab, contrast, kidneys)
+    _paint_spleen(s, hab, contrast, kidneys)
+    _paint_lung_bases(s, hab)
+    _paint_perirenal_fat(s, kidneys)
+    _paint_spine(s, hab, contrast)
+    _paint_vessels(s, hab, contrast)
+    _paint_kidneys(s, contrast, kidneys)
+
+
+# ---- masses (label 3 cysts, label 2 tumours) on top of the anatomy ----
+
+
+def _parenchyma_hu(s: _Scene, contrast: _Contrast) -> float:
+    """Mean HU of the painted kidney parenchyma (cortex and medulla voxels)."""
+    n_cortex, n_medulla = np.count_nonzero(s.vol == s.ids["cortex"]), np.count_nonzero(s.vol == s.ids["medulla"])
+    return (n_cortex * contrast.cortex + n_medulla * contrast.medulla) / max(n_cortex + n_medulla, 1)
+
+
+def _paint_fat_margin(s: _Scene, tum: _Tumour, protected: list[int]) -> None:
+    """Perirenal fat around the lobes, never over the ``protected`` tissues (kidney, cysts, other masses).
+
+    An exophytic mass pushes neighbours aside inside the perirenal fat: the margin keeps it from merging
+    with liver, bowel or muscle.
+    """
+    for ell in tum.lobes:
+        got = _Ellipsoid(ell.centre, ell.semi + tum.fat_margin, ell.axes).mask(s.grid)
+        if got is not None:
+            sl, m = got
+            _paint(s.vol, sl, m & ~np.isin(s.vol[sl], protected), s.ids["perirenal"], s.inner)
+
+
+def _paint_tumour(s: _Scene, tum: _Tumour, hu: float, protected: list[int]) -> int:
+    """Paint one tumour (fat margin, lobes, necrotic core); appends its tissue ids to ``protected``; returns its id."""
+    _paint_fat_margin(s, tum, protected)
+    tid = s.tis.add(hu, 2)
+    protected.append(tid)
+    for ell in tum.lobes:
+        s.paint_inside(ell, tid)
+    if tum.necrosis is not None:
+        protected.append(s.tis.add(tum.necrosis[1], 2))
+        s.paint_inside(tum.necrosis[0], protected[-1])
+    return tid
+
+
+def _tumour_texture(s: _Scene, tum: _Tumour, tid: int, rng: np.random.Generator):
+    """(box slices, tumour id, HU offsets) of the tumour's mottled enhancement; None when it misses the grid."""
+    lo = np.min([e.centre - e.half_extent() for e in tum.lobes], axis=0)
+    hi = np.max([e.centre + e.half_extent() for e in tum.lobes], axis=0)
+    sl = s.grid.bbox(lo, hi)
+    if sl is None:
+        return None
+    amp, corr_mm = tum.texture
+    shape = tuple(d.stop - d.start for d in sl)
+    sig = np.clip(corr_mm / s.grid.spacing, 0.5, None)
+    return sl, tid, amp * _smooth_noise(rng, shape, sig)
+
+
+def _paint_masses(
+    s: _Scene, contrast: _Contrast, tumours: list[_Tumour], cysts: list, rng_tum: np.random.Generator
+) -> list:
+    """Cysts (label 3), then tumours (label 2, painted last so they win); returns the tumour textures."""
+    for ell, hu in cysts:
+        s.paint_inside(ell, s.tis.add(hu, 3))
+    parenchyma = _parenchyma_hu(s, contrast)
+    protected = [s.ids["cortex"], s.ids["medulla"], s.ids["sinus"]]
+    protected += [t for t in range(len(s.tis.label)) if s.tis.label[t] in (2, 3)]
+    textures = []
+    for tum in tumours:
+        tid = _paint_tumour(s, tum, _tumour_hu(tum.hu_quantile, parenchyma, contrast.medulla, contrast.cm), protected)
+        texture = _tumour_texture(s, tum, tid, rng_tum)
+        if texture is not None:
+            textures.append(texture)
+    return textures
+
+
+# ---- intensities ----
+
+
+def _render_image(s: _Scene, textures: list, rng: np.random.Generator) -> np.ndarray:
+    """HU image (int16): tissue LUT, tumour texture, partial-volume blur + correlated noise."""
+    vol = s.vol
+    img = np.asarray(s.tis.hu, dtype=np.float32)[vol]
+    for sl, tid, tex in textures:
+        np.putmask(img[sl], vol[sl] == tid, img[sl] + tex)
+    _blur_with_noise(img, rng)
+    return img.astype(np.int16)
+
+
+def _blur_with_noise(img: np.ndarray, rng: np.random.Generator) -> None:
+    """Add white noise, blur (edge partial volume, lightly correlated noise), round and clip, in place."""
+    standard, low_dose = rng.uniform(10, 20), rng.uniform(20, 40)
+    sigma_noise = standard if rng.random() < 0.8 else low_dose
+    gain = 1.0 / np.prod([_gauss_kernel_energy(s) for s in _PV_SIGMA])
+    # Uniform white noise is several times cheaper to draw than normal; after the blur below each voxel
+    # sums ~10 independent draws, so the result is Gaussian for all practical purposes.
+    noise = rng.random(img.shape, dtype=np.float32)
+    noise -= np.float32(0.5)
+    noise *= np.float32(sigma_noise * gain * np.sqrt(12.0))
+    img += noise
+    del noise
+    # Blurring image + white noise together gives edge partial-volume and lightly correlated noise of
+    # the target sigma in one pass (the gain above compensates the filter's noise reduction).
+    ndimage.gaussian_filter(img, _PV_SIGMA, output=img, mode="nearest")
+    np.clip(np.rint(img, out=img), _HU_MIN, _HU_MAX, out=img)
+
+
+def _affine(shape: tuple[int, int, int], sxy: float, thickness: float) -> np.ndarray:
+    """RAS affine: diagonal spacing, field of view centred on 0."""
+    affine = np.diag([sxy, sxy, thickness, 1.0])
+    affine[:3, 3] = [-(shape[0] - 1) / 2 * sxy, -(shape[1] - 1) / 2 * sxy, -(shape[2] - 1) / 2 * thickness]
+    return affine
+
+
+def _check_overrides(phase: str | None, num_tumours: int | None, num_cysts: int | None) -> None:
+    """Reject an unknown phase and mass counts outside 0..10."""
+    if phase is not None and phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES} or None, got {phase!r}")
+    for name, val, top in (("num_tumours", num_tumours, 10), ("num_cysts", num_cysts, 10)):
+        if val is not None and not 0 <= val <= top:
+            raise ValueError(f"{name} must be in 0..{top} or None, got {val}")
+
+
 def generate_phantom(
     seed: int,
     in_plane_size: int = 512,
@@ -377,404 +1057,32 @@ def generate_phantom(
         {0 background, 1 kidney, 2 tumour, 3 cyst}, both shaped (in_plane_size, in_plane_size, slices)
         in RAS voxel order, and the 4x4 RAS affine (diagonal spacing, field of view centred on 0).
     """
-    if phase is not None and phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES} or None, got {phase!r}")
-    for name, val, top in (("num_tumours", num_tumours, 10), ("num_cysts", num_cysts, 10)):
-        if val is not None and not 0 <= val <= top:
-            raise ValueError(f"{name} must be in 0..{top} or None, got {val}")
+    _check_overrides(phase, num_tumours, num_cysts)
     # One generator per stage, so an override (or a different number of masses) in one stage never
     # shifts the draws of another, and the anatomy does not depend on in_plane_size.
     rng_acq, rng, rng_tum, rng_cyst, rng_scene, rng_noise = _stage_generators(seed)
     fov, thickness = _draw_acquisition(rng_acq, in_plane_size, slice_thickness, slice_thickness_range)
+    habitus = _draw_habitus(rng, fov)
+    contrast = _draw_contrast(rng, phase)
+    kidneys = _draw_kidneys(rng, habitus, single_kidney)
+    tumours = _draw_tumours(rng_tum, kidneys.present, num_tumours)
+    cysts = _draw_cysts(rng_cyst, kidneys.present, num_cysts)
+    # The z range covers both kidney beds (also after a nephrectomy) and all masses.
+    objs = kidneys.beds + [lobe for t in tumours for lobe in t.lobes] + [c[0] for c in cysts]
+    z_bottom, nz = _draw_z_range(rng, objs, thickness)
     sxy = fov / in_plane_size
-    u = rng.uniform
-    tis = _Tissues()
-
-    # ---- body habitus (mm, body centre at x = y = 0) ----
-    half_w = min(u(150, 200), fov / 2 - 15)
-    half_ap = u(100, 150)
-    t_sc = u(8, 15) + u(0, 0.45) * (half_ap - 100)  # subcutaneous fat, thicker in larger patients
-    t_mus = u(7, 14)  # abdominal wall muscle
-    p_ant, p_post = u(2.0, 2.5), u(2.6, 3.4)
-    taper = u(-0.06, 0.06)  # abdomen slightly wider or narrower towards the feet
-    inner_w, inner_ap = half_w - t_sc - t_mus, half_ap - t_sc - t_mus
-    # Back to front: paraspinal muscles against the posterior fat, spinal canal, vertebral body.
-    vert_rx, vert_ry = u(19, 24), u(14, 18)
-    canal_r = u(7, 9)
-    para_rx, para_ry = u(22, 30), u(18, 26)
-    para_y = -(half_ap - t_sc) + 0.9 * para_ry
-    canal_y = para_y + u(8, 14)
-    y_vert = canal_y + canal_r + u(1, 3) + vert_ry  # vertebral body centre
-
-    # ---- phase and organ HU ----
-    phase_i = int(rng.integers(0, 2))
-    phase_name = PHASES[phase_i] if phase is None else phase
-    cm = phase_name == "corticomedullary"
-    hu_fat, hu_fat_in, hu_muscle = u(-120, -80), u(-115, -85), u(40, 60)
-    hu_liver, hu_spleen = u(90, 130), u(100, 130)
-    aorta_arterial, aorta_venous = u(200, 400), u(150, 200)
-    hu_aorta = aorta_arterial if cm else aorta_venous
-    ivc_arterial, ivc_venous = u(80, 120), u(130, 170)
-    hu_ivc = ivc_arterial if cm else ivc_venous
-    cortex_a, medulla_a, homog, jitter = u(150, 250), u(60, 100), u(120, 200), rng.uniform(-5, 5, 2)
-    hu_cortex, hu_medulla = (cortex_a, medulla_a) if cm else (homog + jitter[0], homog + jitter[1])
-    hu_bone_c, hu_bone_k = u(200, 400), u(700, 1200)
-
-    # ---- kidneys (z = 0 at the left kidney centre) ----
-    drop_right = u(10, 20)  # the right kidney sits 1-2 cm lower
-    one_kidney = rng.random() < 0.10
-    lost_side = 1 if rng.random() < 0.5 else -1
-    if single_kidney is not None:
-        one_kidney = bool(single_kidney)
-    kidneys: dict[int, _Ellipsoid] = {}
-    perirenal_margin: dict[int, float] = {}
-    pyramid_dirs: dict[int, np.ndarray] = {}
-    for side in (1, -1):
-        semi = np.array([u(27, 35), u(17, 25), u(52, 65)])  # 5.4-7 x 3.4-5 x 10.4-13 cm, ~130-240 mL
-        axes = _kidney_axes(side, rng)
-        y_c = y_vert + u(-5, 15)
-        # Lateral position, kept inside the muscle wall at that depth.
-        wall_x = inner_w * (1 - min(abs(y_c) / inner_ap, 0.95) ** p_post) ** (1 / p_post)
-        x_c = min(u(68, 90), wall_x - semi[0] - 10)
-        z_c = -drop_right if side == 1 else 0.0
-        kidneys[side] = _Ellipsoid([side * x_c, y_c, z_c], semi, axes)
-        perirenal_margin[side] = u(8, 18)
-        # Medullary pyramid directions (normalised kidney space), spread over the sphere except the hilum.
-        dirs = rng.standard_normal((48, 3))
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        pyramid_dirs[side] = dirs[dirs[:, 0] < 0.4][: int(rng.integers(10, 15))]
-    cortex_t = u(4, 8)
-    extent_draw, extent_split = u(150, 220), u(0.25, 0.75)
-    # The z range covers both kidney beds, also after a nephrectomy.
-    kidney_beds = list(kidneys.values())
-    if one_kidney:
-        del kidneys[lost_side]
-    sides = sorted(kidneys)
-
-    # ---- masses ----
-    n_tum = int(rng_tum.choice([0, 1, 2, 3], p=[0.12, 0.68, 0.13, 0.07]))
-    n_cyst = int(rng_cyst.choice([0, 1, 2], p=[0.5, 0.35, 0.15]))
-    n_tum = n_tum if num_tumours is None else num_tumours
-    n_cyst = n_cyst if num_cysts is None else num_cysts
-    tumours = []
-    rng, u = rng_tum, rng_tum.uniform
-    for i_tum in range(n_tum):
-        kid = kidneys[sides[int(rng.random() * len(sides))]]
-        # The primary mass is 12-40 mm in radius (KiTS23 masks: median ~13 mm, quartiles 11-19 mm; kept a
-        # little larger so the class is learnable at demo resolution); further masses are 8-25 mm.
-        r_lo, r_hi = (12.0, 40.0) if i_tum == 0 else (8.0, 25.0)
-        r = float(np.exp(u(np.log(r_lo), np.log(r_hi))))
-        centre = _point_in_kidney(rng, kid, (0.35, 1.05))
-        lobes = [_Ellipsoid(centre, r * rng.uniform(0.8, 1.2, 3), _random_axes(rng))]
-        for _ in range(int(rng.integers(0, 4))):
-            off = _unit(rng.standard_normal(3)) * r * u(0.5, 0.9)
-            lobes.append(_Ellipsoid(centre + off, r * u(0.35, 0.65) * rng.uniform(0.8, 1.2, 3), _random_axes(rng)))
-        necrosis = None
-        if r > 18 and rng.random() < 0.35:
-            necrosis = (_Ellipsoid(centre + rng.uniform(-0.15, 0.15, 3) * r, r * rng.uniform(0.3, 0.55, 3)), u(10, 30))
-        tumours.append({
-            "lobes": lobes,
-            "necrosis": necrosis,
-            "hu_quantile": rng.random(),
-            # Mottled enhancement: smoothed noise of 20-35 HU with a 2-4 mm correlation length.
-            "texture": (u(20, 35), u(2.0, 4.0)),
-            "fat_margin": u(3, 6),
-        })
-    cysts = []
-    rng, u = rng_cyst, rng_cyst.uniform
-    for _ in range(n_cyst):
-        kid = kidneys[sides[int(rng.random() * len(sides))]]
-        r = u(5, 25)
-        cysts.append((_Ellipsoid(_point_in_kidney(rng, kid, (0.5, 1.05)), [r, r, r]), u(0, 20)))
-
-    # ---- z extent: both kidneys and all masses, with margin, 150-220 mm ----
-    objs = kidney_beds + [lobe for t in tumours for lobe in t["lobes"]] + [c[0] for c in cysts]
-    z_lo = min(o.centre[2] - o.half_extent()[2] for o in objs)
-    z_hi = max(o.centre[2] + o.half_extent()[2] for o in objs)
-    extent = max(extent_draw, z_hi - z_lo + 20)
-    spare = extent - (z_hi - z_lo)
-    z_bottom = z_lo - spare * extent_split
-    nz = max(int(round(extent / thickness)), 8)
-    rng, u = rng_scene, rng_scene.uniform
-    offset = (u(-10, 10), u(0, max(min(30.0, fov / 2 - half_ap - 25), 0)))
-    grid = _Grid((in_plane_size, in_plane_size, nz), (sxy, sxy, thickness), offset, z_bottom)
-    z = grid.coords[2]
-    z_top = float(z[-1])
-    zn = (z - z[0]) / max(float(z[-1] - z[0]), 1.0)  # 0 at the feet end, 1 at the head end
-
-    # ---- body layers ----
-    air = tis.add(-1000)
-    fat_sc = tis.add(hu_fat)
-    muscle = tis.add(hu_muscle)
-    fat_in = tis.add(hu_fat_in)
-    vol = np.full(grid.shape, air, dtype=np.uint8)
-    wscale = 1 + taper * (1 - 2 * zn)
-    a_z, b_z = half_w * wscale, half_ap * (1 + 0.5 * taper * (1 - 2 * zn))
-    body = _inside_superellipse(grid, a_z, b_z, p_ant, p_post)
-    np.putmask(vol, body, fat_sc)
-    sub = _inside_superellipse(grid, a_z - t_sc, b_z - t_sc, p_ant, p_post)
-    np.putmask(vol, sub, muscle)
-    inner = _inside_superellipse(grid, a_z - t_sc - t_mus, b_z - t_sc - t_mus, p_ant, p_post)
-    np.putmask(vol, inner, fat_in)
-    del body
-
-    # ---- patient table ----
-    if rng.random() < 0.8:
-        table_y = -half_ap - u(5, 25)
-        th = u(8, 18)
-        bend = u(0.0, 0.0006)
-        half_table = min(fov * 0.45, u(220, 260))
-        shell, core = tis.add(u(50, 200)), tis.add(u(-200, -100))
-        sl = grid.bbox([-half_table, table_y - th - 1, -1e9], [half_table, table_y + bend * half_table**2 + 1, 1e9])
-        if sl is not None:
-            x = grid.axis(0, sl[0])
-            top = table_y + bend * x**2
-            y = grid.axis(1, sl[1])
-            slab = (y <= top) & (y >= top - th)
-            skin = slab & ((y >= top - 3.5) | (y <= top - th + 3.5))
-            full = np.broadcast_to(slab, tuple(s.stop - s.start for s in sl))
-            _paint(vol, sl, full, core)
-            _paint(vol, sl, np.broadcast_to(skin, full.shape), shell)
-
-    # ---- bowel, stomach, colon (distractors) ----
-    wall = tis.add(u(30, 60))
-    gas = tis.add(u(-1000, -950))
-    fluid = tis.add(u(0, 25))
-    soft = tis.add(u(25, 50))
-    stool_soft = tis.add(u(-50, 40))
-    y_ant_spine = y_vert + vert_ry
-    for _ in range(int(rng.integers(30, 55))):
-        c = [u(-0.85, 0.85) * inner_w, u(min(y_ant_spine + 15, inner_ap - 25), inner_ap - 8), u(z[0], z_top)]
-        semi = rng.uniform(10, 24) * rng.uniform(0.7, 1.4, 3)
-        ell = _Ellipsoid(c, semi, _random_axes(rng))
-        content = [gas, fluid, soft][int(rng.choice(3, p=[0.3, 0.4, 0.3]))]
-        _paint_ellipsoid(vol, grid, ell, wall, inner)
-        if content != soft:
-            wall_t = u(2, 4)
-            ell_in = _Ellipsoid(c, np.maximum(semi - wall_t, 1), ell.axes)
-            _paint_ellipsoid(vol, grid, ell_in, content, inner)
-    # Stomach in the upper left with an air-fluid level (gas rises anteriorly in a supine patient).
-    st = _Ellipsoid(
-        [-u(0.2, 0.45) * inner_w, u(0.25, 0.45) * inner_ap, z_top + u(-10, 30)], [u(40, 60), u(30, 45), u(50, 70)]
-    )
-    _paint_ellipsoid(vol, grid, st, wall, inner)
-    got = _Ellipsoid(st.centre, st.semi - 4).mask(grid)
-    if got is not None:
-        sl, m = got
-        _paint(vol, sl, m, fluid, inner)
-        level = st.centre[1] + u(-0.2, 0.6) * st.semi[1]
-        _paint(vol, sl, m & (grid.axis(1, sl[1]) > level), gas, inner)
-    # Ascending (right) and descending (left) colon run head-foot along the flanks, with mottled stool.
-    for side in (1, -1):
-        mottle_rng = np.random.default_rng(int(rng.integers(0, 2**62)))
-        r = u(14, 24)
-        cx = side * (inner_w - r - u(5, 25)) + u(-5, 5) * np.sin(zn * u(2, 6) + u(0, 6))
-        cy = y_vert + u(15, 45) + u(-5, 5) * np.cos(zn * u(2, 6))
-        zsel = zn <= u(0.55, 0.95)
-        got = _tube_mask(grid, cx, cy, r, r * u(0.8, 1.0), zsel)
-        if got is None:
-            continue
-        sl, m = got
-        _paint(vol, sl, m, wall, inner)
-        got_in = _tube_mask(grid, cx, cy, r - 3, r * 0.9 - 3, zsel)
-        if got_in is not None:
-            sl2, m2 = got_in
-            mot = _smooth_noise(mottle_rng, m2.shape, (1.5, 1.5, 0.8)) > mottle_rng.uniform(-0.5, 0.3)
-            _paint(vol, sl2, m2 & mot, gas, inner)
-            _paint(vol, sl2, m2 & ~mot, stool_soft, inner)
-
-    # ---- liver (right) and spleen (left), upper part ----
-    right_top = kidneys[1].centre[2] + kidneys[1].half_extent()[2] if 1 in kidneys else -drop_right + 55
-    liver = tis.add(hu_liver)
-    lz = right_top + u(15, 45)
-    right_lobe = _Ellipsoid(
-        [u(0.35, 0.5) * inner_w, u(-0.1, 0.15) * inner_ap, lz],
-        [u(0.5, 0.65) * inner_w, u(0.65, 0.85) * inner_ap, u(75, 100)],
-    )
-    left_lobe = _Ellipsoid(
-        [u(-0.15, 0.1) * inner_w, u(0.3, 0.5) * inner_ap, lz + u(10, 30)],
-        [u(0.35, 0.5) * inner_w, u(0.25, 0.35) * inner_ap, u(50, 70)],
-    )
-    keep_liver = None
-    cut_fx, cut_fy = u(0.3, 0.7), u(0.0, 0.5)
-    if 1 in kidneys:
-        # The liver lies anterolateral to the right kidney, never behind or medial to it.
-        kr = kidneys[1]
-        cut_x = kr.centre[0] + cut_fx * kr.semi[0]
-        cut_y = kr.centre[1] + cut_fy * kr.semi[1]
-
-        def keep_liver(x, y, z):
-            return (x > cut_x) | (y > cut_y)
-
-    _paint_ellipsoid(vol, grid, right_lobe, liver, inner, keep=keep_liver)
-    _paint_ellipsoid(vol, grid, left_lobe, liver, inner, keep=keep_liver)
-    spleen = tis.add(hu_spleen)
-    left_top = kidneys[-1].centre[2] + kidneys[-1].half_extent()[2] if -1 in kidneys else 55
-    ang = np.deg2rad(u(25, 50))
-    sp_axes = np.array([[np.cos(ang), -np.sin(ang), 0], [np.sin(ang), np.cos(ang), 0], [0, 0, 1]])
-    sp = _Ellipsoid(
-        [-(inner_w - u(30, 45)), y_vert + u(0, 35), left_top + u(-20, 20)], [u(25, 35), u(45, 65), u(45, 65)], sp_axes
-    )
-    _paint_ellipsoid(vol, grid, sp, spleen, inner)
-
-    # ---- lung bases (posterior costophrenic recesses) in the top slices, some cases ----
-    if rng.random() < 0.5:
-        lung = tis.add(u(-900, -750))
-        for side in (1, -1):
-            depth = u(5, 35)
-            sz = u(120, 180)
-            ell = _Ellipsoid(
-                [side * u(0.4, 0.55) * inner_w, y_vert - u(0, 15), z_top + sz - depth],
-                [u(0.35, 0.45) * inner_w, u(0.45, 0.6) * inner_ap, sz],
-            )
-            _paint_ellipsoid(vol, grid, ell, lung, inner)
-
-    # ---- perirenal fat (before the muscles so psoas/spine stay visible beside it) ----
-    perirenal = tis.add(u(-115, -85))
-    for side, kid in kidneys.items():
-        margin = perirenal_margin[side]
-        _paint_ellipsoid(vol, grid, _Ellipsoid(kid.centre, kid.semi + margin, kid.axes), perirenal, inner)
-
-    # ---- spine and back muscles ----
-    bone_c, bone_k = tis.add(hu_bone_c), tis.add(hu_bone_k)
-    disc, csf = tis.add(u(70, 100)), tis.add(u(0, 15))
-    period, disc_t = u(30, 36), u(7, 10)
-    phase0 = u(0, period)
-    is_disc = ((z - phase0) % period) < disc_t
-    mid_vert = np.abs(((z - phase0) % period) - (disc_t + (period - disc_t) / 2)) < u(4, 7)
-    # Paraspinal (erector spinae) muscles, psoas and quadratus lumborum.
-    psoas_r = u(6, 10) + zn[::-1] * u(10, 16)  # psoas grows towards the feet
-    for side in (1, -1):
-        _paint_tube(vol, grid, muscle, side * (para_rx + u(2, 6)), para_y, para_rx, para_ry, within=sub)
-        psoas_x = side * (vert_rx + psoas_r * 0.9 + u(0, 4))
-        _paint_tube(vol, grid, muscle, psoas_x, y_vert + u(-4, 4), psoas_r, psoas_r * u(0.8, 1.0), within=inner)
-        ql_x = side * (vert_rx + 2 * psoas_r + u(12, 22))
-        _paint_tube(vol, grid, muscle, ql_x, y_vert - u(10, 20), u(12, 20), u(7, 11), zsel=zn < 0.8, within=inner)
-    # Vertebral body: cancellous core with a cortical rim; discs between vertebrae.
-    rim = u(1.5, 2.5)
-    got = _tube_mask(grid, 0.0, y_vert, vert_rx, vert_ry)
-    if got is not None:
-        sl, m = got
-        _paint(vol, sl, m, bone_k)
-        core = _tube_mask(grid, 0.0, y_vert, vert_rx - rim, vert_ry - rim)
-        if core is not None:
-            _paint(vol, core[0], core[1], bone_c)
-        _paint(vol, sl, m & is_disc[sl[2]].reshape(1, 1, -1), disc)
-    # Neural arch, spinous and transverse processes, spinal canal.
-    not_disc = ~is_disc
-    _paint_tube(vol, grid, bone_k, 0.0, canal_y, canal_r + u(4, 6), canal_r + u(4, 6), zsel=not_disc)
-    _paint_tube(vol, grid, bone_k, 0.0, canal_y - canal_r - u(12, 18), u(3, 5), u(12, 18), zsel=not_disc)
-    _paint_tube(vol, grid, bone_k, 0.0, canal_y + 2, u(32, 44), u(2.5, 4), zsel=mid_vert & not_disc)
-    _paint_tube(vol, grid, csf, 0.0, canal_y, canal_r, canal_r)
-
-    # ---- great vessels ----
-    aorta = tis.add(hu_aorta)
-    ivc = tis.add(hu_ivc)
-    wob = np.sin(zn * u(1, 3) + u(0, 6))
-    r_ao = u(9, 13)
-    ao_x, ao_y = -u(10, 22) + 3 * wob, y_ant_spine + r_ao + u(2, 6)
-    ivc_x, ivc_y, ivc_rx, ivc_ry = u(18, 30) - 2 * wob, y_ant_spine + u(8, 14), u(11, 16), u(7, 11)
-    # Retroperitoneal fat cuffs keep bowel loops off the great vessels.
-    not_organ = inner & (vol != liver) & (vol != spleen)
-    _paint_tube(vol, grid, fat_in, ao_x, ao_y, r_ao + 5, r_ao + 5, within=not_organ)
-    _paint_tube(vol, grid, fat_in, ivc_x, ivc_y, ivc_rx + 5, ivc_ry + 5, within=not_organ)
-    del not_organ
-    _paint_tube(vol, grid, aorta, ao_x, ao_y, r_ao, r_ao, within=inner)
-    _paint_tube(vol, grid, ivc, ivc_x, ivc_y, ivc_rx, ivc_ry, within=inner)
-
-    # ---- kidneys: cortex, medullary pyramids, fatty sinus opening anteromedially ----
-    cortex, medulla = tis.add(hu_cortex, 1), tis.add(hu_medulla, 1)
-    sinus = tis.add(u(-100, -50))
-    for side, kid in kidneys.items():
-        got = kid.local(grid)
-        if got is None:
-            continue
-        sl, (lu, lv, lw) = got
-        a, b, c = kid.semi
-        qn = (lu / a) ** 2 + (lv / b) ** 2 + (lw / c) ** 2
-        outer = qn <= 1
-        _paint(vol, sl, outer, cortex, inner)
-        # Medullary pyramids: dark ovals fanning around the sinus, under a cortex_t-thick cortex.
-        outer_r = 1 - cortex_t / a
-        rad = max((outer_r - 0.35) / 2, 0.1)
-        reach = max(rad, 0.27) * kid.semi
-        for d in pyramid_dirs[side]:
-            cn = (0.35 + rad) * d
-            cw = kid.centre + kid.axes.T @ (cn * kid.semi)
-            hw = np.abs(kid.axes.T) @ reach
-            psl = grid.bbox(cw - hw, cw + hw)
-            if psl is None:
-                continue
-            pu, pv, pw = kid.local_in(grid, psl)
-            du, dv, dw = pu / a - np.float32(cn[0]), pv / b - np.float32(cn[1]), pw / c - np.float32(cn[2])
-            r_ = du * np.float32(d[0]) + dv * np.float32(d[1]) + dw * np.float32(d[2])
-            pyr = (r_ / rad) ** 2 + (du * du + dv * dv + dw * dw - r_ * r_) / 0.27**2 <= 1
-            in_kid = (pu / a) ** 2 + (pv / b) ** 2 + (pw / c) ** 2 <= 1
-            _paint(vol, psl, pyr & in_kid, medulla, inner)
-        sin_q = ((lu - 0.72 * a) / (0.42 * a)) ** 2 + (lv / (0.32 * b)) ** 2 + (lw / (0.4 * c)) ** 2
-        _paint(vol, sl, (sin_q <= 1) & outer, sinus, inner)
-
-    # ---- cysts (label 3), then tumours (label 2, painted last so they win) ----
-    for ell, hu in cysts:
-        _paint_ellipsoid(vol, grid, ell, tis.add(hu, 3), inner)
-    n_cortex, n_medulla = np.count_nonzero(vol == cortex), np.count_nonzero(vol == medulla)
-    parenchyma = (n_cortex * hu_cortex + n_medulla * hu_medulla) / max(n_cortex + n_medulla, 1)
-    textures = []
-    protected = [cortex, medulla, sinus] + [t for t in range(len(tis.label)) if tis.label[t] in (2, 3)]
-    for tum in tumours:
-        # An exophytic mass pushes neighbours aside inside the perirenal fat: give it a fat margin
-        # (never over kidney, cyst or another mass) so it does not merge with liver, bowel or muscle.
-        for ell in tum["lobes"]:
-            got = _Ellipsoid(ell.centre, ell.semi + tum["fat_margin"], ell.axes).mask(grid)
-            if got is not None:
-                sl, m = got
-                _paint(vol, sl, m & ~np.isin(vol[sl], protected), perirenal, inner)
-        tid = tis.add(_tumour_hu(tum["hu_quantile"], parenchyma, hu_medulla, cm), 2)
-        protected.append(tid)
-        for ell in tum["lobes"]:
-            _paint_ellipsoid(vol, grid, ell, tid, inner)
-        if tum["necrosis"] is not None:
-            protected.append(tis.add(tum["necrosis"][1], 2))
-            _paint_ellipsoid(vol, grid, tum["necrosis"][0], protected[-1], inner)
-        lo = np.min([e.centre - e.half_extent() for e in tum["lobes"]], axis=0)
-        hi = np.max([e.centre + e.half_extent() for e in tum["lobes"]], axis=0)
-        sl = grid.bbox(lo, hi)
-        if sl is not None:
-            amp, corr_mm = tum["texture"]
-            shape = tuple(s.stop - s.start for s in sl)
-            sig = np.clip(corr_mm / grid.spacing, 0.5, None)
-            textures.append((sl, tid, amp * _smooth_noise(rng_tum, shape, sig)))
-
-    # ---- intensities: tissue LUT, tumour texture, partial-volume blur + correlated noise ----
-    hu_lut = np.asarray(tis.hu, dtype=np.float32)
-    lab_lut = np.asarray(tis.label, dtype=np.uint8)
-    label = lab_lut[vol]
-    img = hu_lut[vol]
-    for sl, tid, tex in textures:
-        np.putmask(img[sl], vol[sl] == tid, img[sl] + tex)
-    standard, low_dose = rng_noise.uniform(10, 20), rng_noise.uniform(20, 40)
-    sigma_noise = standard if rng_noise.random() < 0.8 else low_dose
-    gain = 1.0 / np.prod([_gauss_kernel_energy(s) for s in _PV_SIGMA])
-    # Uniform white noise is several times cheaper to draw than normal; after the blur below each voxel
-    # sums ~10 independent draws, so the result is Gaussian for all practical purposes.
-    noise = rng_noise.random(grid.shape, dtype=np.float32)
-    noise -= np.float32(0.5)
-    noise *= np.float32(sigma_noise * gain * np.sqrt(12.0))
-    img += noise
-    del noise
-    # Blurring image + white noise together gives edge partial-volume and lightly correlated noise of
-    # the target sigma in one pass (the gain above compensates the filter's noise reduction).
-    ndimage.gaussian_filter(img, _PV_SIGMA, output=img, mode="nearest")
-    np.clip(np.rint(img, out=img), _HU_MIN, _HU_MAX, out=img)
-    image = img.astype(np.int16)
-
-    affine = np.diag([sxy, sxy, thickness, 1.0])
-    affine[:3, 3] = [-(grid.shape[0] - 1) / 2 * sxy, -(grid.shape[1] - 1) / 2 * sxy, -(nz - 1) / 2 * thickness]
+    shape = (in_plane_size, in_plane_size, nz)
+    grid = _place_grid(rng_scene, fov, habitus.half_ap, shape, (sxy, sxy, thickness), z_bottom)
+    scene = _Scene(grid, rng_scene, fov)
+    _paint_anatomy(scene, habitus, contrast, kidneys)
+    textures = _paint_masses(scene, contrast, tumours, cysts, rng_tum)
+    label = scene.labels()
+    image = _render_image(scene, textures, rng_noise)
     logger.debug(
         "phantom seed=%d shape=%s spacing=(%.3f, %.3f, %.2f) phase=%s kidneys=%d tumours=%d cysts=%d",
-        seed, grid.shape, sxy, sxy, thickness, phase_name, len(kidneys), len(tumours), len(cysts),
+        seed, grid.shape, sxy, sxy, thickness, contrast.phase, len(kidneys.present), len(tumours), len(cysts),
     )
-    return image, label, affine
+    return image, label, _affine(grid.shape, sxy, thickness)
 
 
 def ras_to_kits(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
