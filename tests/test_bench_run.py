@@ -1,6 +1,5 @@
 """bench/run.py's docs block (no timing), on constructed numbers; the summary line is tested in test_bench_summary.py."""
 import importlib.util
-import re
 from pathlib import Path
 
 import pytest
