@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["check_bool_flags", "check_output_dir"]
+__all__ = ["check_bool_flags", "check_output_dir", "run_checks"]
 
 
 def check_bool_flags(**flags) -> bool:
@@ -33,3 +34,10 @@ def check_output_dir(path: str | os.PathLike) -> str:
     except OSError as exc:
         raise InputError(f"{path}: output folder cannot be written ({exc.strerror or exc})") from None
     return str(path)
+
+
+def run_checks(checks: Iterable[Callable[[], object]]) -> bool:
+    """Call each check in order (a config's ``argument_checks``: callable components); True for config lists."""
+    for check in checks:
+        check()
+    return True

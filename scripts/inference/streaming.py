@@ -39,6 +39,7 @@ from monai.transforms import KeepLargestConnectedComponent
 from ..common.atomic import atomic_write_text
 from ..common.weights import load_weights
 from ..data.ct_reader import LoadedCT, read_ct
+from ..data.preprocessing import window_and_resize
 from ..common.weights import check_weights_file
 
 __all__ = ["StreamingSegmenter", "build_segmenter", "is_3d_network", "network_with_weights", "ras_orientation",
@@ -200,12 +201,8 @@ class StreamingSegmenter:
 
     def _preprocess(self, ct: LoadedCT, block: np.ndarray) -> torch.Tensor:
         """HU window to [0, 1] (clipped), then area resize in-plane: ``ScaleIntensityRanged`` + ``Resized``."""
-        low, high = self.hu_window
         hu = torch.from_numpy(ct.hounsfield(np.ascontiguousarray(block.transpose(2, 0, 1))))  # (k, X, Y)
-        image = ((hu - low) / (high - low)).clamp_(0.0, 1.0)[:, None]
-        if tuple(image.shape[-2:]) != self.slice_size:
-            image = F.interpolate(image, size=self.slice_size, mode="area")
-        return image
+        return window_and_resize(hu, self.hu_window, self.slice_size)
 
     def _predict(self, batch: torch.Tensor) -> torch.Tensor:
         if self.fast_path is None:

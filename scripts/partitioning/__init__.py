@@ -16,7 +16,7 @@ from .p2p import PipelineDriver, StageServer
 from .placement import ChainedPartitions, place_submodels, resolve_devices
 from .runtime import (check_torch_backend, default_num_partitions, destroy_pipeline_group, ensure_partitions,
                       init_pipeline_group, partitioned_network, pipeline_rank, pipeline_world_size,
-                      run_pipeline_role, stage_device)
+                      rank_zero_inputs, run_pipeline_role, stage_device)
 from .torchscript_io import export_partitions, load_partition, partition_path, read_partition_meta
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "partitioned_network",
     "pipeline_rank",
     "pipeline_world_size",
+    "rank_zero_inputs",
     "place_submodels",
     "prefix_table",
     "prune_submodels",

@@ -21,12 +21,13 @@ import torch.distributed as dist
 from torch import nn
 
 from ..common.errors import InputError
+from ..data.inputs import list_inference_inputs
 from .p2p import PipelineDriver, StageServer
 from .placement import ChainedPartitions, place_submodels, resolve_devices
 from .torchscript_io import (export_partitions, load_partition, partition_path, partitions_up_to_date,
                              weights_fingerprint)
 
-__all__ = ["pipeline_rank", "pipeline_world_size", "default_num_partitions", "stage_device", "comm_backend",
+__all__ = ["pipeline_rank", "pipeline_world_size", "rank_zero_inputs", "default_num_partitions", "stage_device", "comm_backend",
            "init_pipeline_group", "check_torch_backend", "destroy_pipeline_group", "ensure_partitions", "partitioned_network",
            "run_pipeline_role"]
 
@@ -36,6 +37,11 @@ logger = logging.getLogger(__name__)
 def pipeline_rank() -> int:
     """This process's rank (``RANK`` from torchrun; 0 in a single process)."""
     return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def rank_zero_inputs(input_path: str | os.PathLike) -> list[dict[str, str]]:
+    """The inference inputs on rank 0, which reads and writes every case; none on the ranks serving a stage."""
+    return list_inference_inputs(input_path) if pipeline_rank() == 0 else []
 
 
 def pipeline_world_size() -> int:
