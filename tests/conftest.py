@@ -29,6 +29,14 @@ def run_bundle(run_id: str, config_files, tiny: bool = True, **overrides):
     return run(run_id, config_files, **{**(TINY_OVERRIDES if tiny else {}), **overrides})
 
 
+def run_inference(input_path, output_dir, model_path, **overrides) -> None:
+    """``run inferring`` of configs/inference.json in this process with the tiny network (``TINY_OVERRIDES``)."""
+    from scripts.reports.workflow import run_workflow
+
+    run_workflow("configs/inference.json", "inferring", input_path=str(input_path), output_dir=str(output_dir),
+                 model_path=str(model_path), num_workers=0, **{**TINY_OVERRIDES, **overrides})
+
+
 def shared_path(*parts: str) -> Path:
     """Path under ../shared/data; skips the calling test (with the reason) when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

@@ -22,9 +22,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
-from conftest import BUNDLE_ROOT, TINY_OVERRIDES
+from conftest import BUNDLE_ROOT, run_inference
 from scripts.common.checks import check_bool_flags
 from scripts.common.errors import InputError, find_input_error
 from scripts.data.datalist import load_datalist
@@ -53,19 +52,6 @@ def snapshot(root: Path) -> dict[str, tuple[str, int]]:
         return {}
     return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def run_inference(input_path: Path | str, output_dir: Path | str, model_path: Path | str, **overrides) -> None:
-    workflow = ConfigWorkflow(
-        config_file=str(CONFIG), workflow_type="infer", run_id="inferring", bundle_root=str(BUNDLE_ROOT),
-        input_path=str(input_path), output_dir=str(output_dir), model_path=str(model_path), num_workers=0,
-        **{**TINY_OVERRIDES, **overrides},
-    )
-    workflow.initialize()
-    try:
-        workflow.run()
-    finally:
-        workflow.finalize()
 
 
 def input_error(call: Callable[[], object]) -> str:

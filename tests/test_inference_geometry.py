@@ -20,12 +20,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 from monai.transforms import LoadImage
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy.ndimage import binary_dilation, binary_erosion
 
-from conftest import BUNDLE_ROOT, TINY_OVERRIDES, shared_path
+from conftest import BUNDLE_ROOT, shared_path
+from conftest import run_inference as run_tiny_inference
 from scripts.data.layout import IMAGE_NAME, LABEL_NAME
 
 CONFIG = BUNDLE_ROOT / "configs" / "inference.json"
@@ -61,16 +61,7 @@ def run_inference(input_path: Path, output_dir: Path, model_path: Path, network:
                   **overrides) -> None:
     if network is not None:
         overrides["network_def"] = network  # an instantiated object is a valid config override
-    workflow = ConfigWorkflow(
-        config_file=str(CONFIG), workflow_type="infer", run_id="inferring", bundle_root=str(BUNDLE_ROOT),
-        input_path=str(input_path), output_dir=str(output_dir), model_path=str(model_path), num_workers=0,
-        **{**TINY_OVERRIDES, **overrides},
-    )
-    workflow.initialize()
-    try:
-        workflow.run()
-    finally:
-        workflow.finalize()
+    run_tiny_inference(input_path, output_dir, model_path, **overrides)
 
 
 def expected_labels(image: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""The one way the demo, the docs generators, bench/ and the tests run a bundle workflow in a child process.
+"""The one way the demo, the docs generators, bench/ and the tests run a bundle workflow.
 
-Each call is the real command line a user types (``python -m monai.bundle run <id> --config_file ...``), so
-what they run is what the README documents.
+In a child process (:func:`bundle_command`, :func:`run_bundle`, :func:`run_step`) each call is the command line a
+user types (``python -m monai.bundle run <id> --config_file ...``), so what they run is what the README documents;
+:func:`run_workflow` runs the same ``ConfigWorkflow`` in this process, for tests that inspect its exceptions.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["BUNDLE_ROOT", "bundle_command", "run_bundle", "run_step"]
+__all__ = ["BUNDLE_ROOT", "bundle_command", "run_bundle", "run_step", "run_workflow"]
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,3 +66,17 @@ def run_step(args: list[str], log_path: Path) -> float:
     if process.returncode != 0:
         sys.exit(f"step failed (exit {process.returncode}); full log in {log_path}")
     return time.perf_counter() - start
+
+
+def run_workflow(config_file: str | Sequence[str], run_id: str, workflow_type: str = "infer", **overrides) -> None:
+    """``initialize``, ``run`` and ``finalize`` a bundle workflow in this process (config paths from the bundle root)."""
+    from monai.bundle import ConfigWorkflow
+
+    files = [config_file] if isinstance(config_file, (str, Path)) else list(config_file)
+    workflow = ConfigWorkflow(config_file=[str(BUNDLE_ROOT / f) for f in files], workflow_type=workflow_type,
+                              run_id=run_id, bundle_root=str(BUNDLE_ROOT), **overrides)
+    workflow.initialize()
+    try:
+        workflow.run()
+    finally:
+        workflow.finalize()
