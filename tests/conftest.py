@@ -31,10 +31,11 @@ def run_bundle(run_id: str, config_files, tiny: bool = True, **overrides):
 
 def run_inference(input_path, output_dir, model_path, **overrides) -> None:
     """``run inferring`` of configs/inference.json in this process with the tiny network (``TINY_OVERRIDES``)."""
-    from scripts.reports.workflow import run_workflow
+    from scripts.reports.workflow import run_workflow_in_process
 
-    run_workflow("configs/inference.json", "inferring", input_path=str(input_path), output_dir=str(output_dir),
-                 model_path=str(model_path), num_workers=0, **{**TINY_OVERRIDES, **overrides})
+    run_workflow_in_process("inferring", "configs/inference.json", input_path=str(input_path),
+                            output_dir=str(output_dir), model_path=str(model_path), num_workers=0,
+                            **{**TINY_OVERRIDES, **overrides})
 
 
 def shared_path(*parts: str) -> Path:

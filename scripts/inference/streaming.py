@@ -37,10 +37,9 @@ import torch.nn.functional as F
 from monai.transforms import KeepLargestConnectedComponent
 
 from ..common.atomic import atomic_write_text
-from ..common.weights import load_weights
+from ..common.weights import check_weights_file, load_weights
 from ..data.ct_reader import LoadedCT, read_ct
 from ..data.preprocessing import window_and_resize
-from ..common.weights import check_weights_file
 
 __all__ = ["StreamingSegmenter", "build_segmenter", "is_3d_network", "network_with_weights", "ras_orientation",
            "model_grid_affine"]

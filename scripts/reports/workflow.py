@@ -2,7 +2,7 @@
 
 In a child process (:func:`bundle_command`, :func:`run_bundle`, :func:`run_step`) each call is the command line a
 user types (``python -m monai.bundle run <id> --config_file ...``), so what they run is what the README documents;
-:func:`run_workflow` runs the same ``ConfigWorkflow`` in this process, for tests that inspect its exceptions.
+:func:`run_workflow_in_process` runs the same ``ConfigWorkflow`` in this process, for tests that inspect its exceptions.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["BUNDLE_ROOT", "bundle_command", "run_bundle", "run_step", "run_workflow"]
+__all__ = ["BUNDLE_ROOT", "bundle_command", "run_bundle", "run_step", "run_workflow_in_process"]
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,11 +68,12 @@ def run_step(args: list[str], log_path: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_workflow(config_file: str | Sequence[str], run_id: str, workflow_type: str = "infer", **overrides) -> None:
+def run_workflow_in_process(run_id: str, config_files: str | Sequence[str], workflow_type: str = "infer",
+                            **overrides) -> None:
     """``initialize``, ``run`` and ``finalize`` a bundle workflow in this process (config paths from the bundle root)."""
     from monai.bundle import ConfigWorkflow
 
-    files = [config_file] if isinstance(config_file, (str, Path)) else list(config_file)
+    files = [config_files] if isinstance(config_files, (str, Path)) else list(config_files)
     workflow = ConfigWorkflow(config_file=[str(BUNDLE_ROOT / f) for f in files], workflow_type=workflow_type,
                               run_id=run_id, bundle_root=str(BUNDLE_ROOT), **overrides)
     workflow.initialize()
