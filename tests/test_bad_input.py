@@ -267,7 +267,9 @@ def test_writer_failure_leaves_no_temporary_file(tmp_path, monkeypatch):
     writer = SaveSegmentationd("pred", output_dir=str(tmp_path / "out"), label_names={"kidney": 1, "tumor": 2})
     with pytest.raises(InputError) as info:
         writer({"image": image, "pred": np.zeros((1, 16, 16, 6), np.uint8)})
-    assert info.value.message == f"{tmp_path / 'out' / 'scan.nii.gz'}: cannot be written (No space left on device)"
+    assert info.value.message == (f"{tmp_path / 'out'}: cannot write the outputs of scan (No space left on device); "
+                                  "the earlier outputs of scan are unchanged; free some space or choose another "
+                                  "--output_dir")
     assert os.listdir(tmp_path / "out") == []
 
 

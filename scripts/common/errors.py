@@ -14,7 +14,7 @@ from types import TracebackType
 
 from ignite.engine import Engine, Events
 
-__all__ = ["InputError", "find_input_error", "install_excepthook", "InputErrorHandler"]
+__all__ = ["InputError", "OutputError", "find_input_error", "install_excepthook", "InputErrorHandler"]
 
 _MARKER = "[bundle input error] "
 
@@ -29,6 +29,13 @@ class InputError(ValueError):
     @property
     def message(self) -> str:
         return str(self.args[0])[len(_MARKER) :]
+
+
+class OutputError(InputError):
+    """Outputs could not be written (full disk, folder gone): the message names the folder and what was kept.
+
+    A subclass of :class:`InputError`, so the same hook prints it as one line (exit code 2).
+    """
 
 
 def find_input_error(exc: BaseException | None) -> str | None:

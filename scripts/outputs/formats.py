@@ -81,6 +81,13 @@ def write_output_atomically(target: Path, write, suffix: str = ".tmp") -> None:
         raise InputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
 
 
+def _write(target: Path, write, atomic: bool) -> None:
+    if atomic:
+        write_output_atomically(target, write)
+    else:
+        write(target)
+
+
 def _extent(mask: np.ndarray) -> str:
     """Slicer's ``Segment{i}_Extent``: inclusive voxel bounding box ``i0 i1 j0 j1 k0 k1`` (``0 -1 ...`` if empty)."""
     if not mask.any():
@@ -93,8 +100,11 @@ def _extent(mask: np.ndarray) -> str:
 
 
 def write_seg_nrrd(label: np.ndarray, affine_ras: np.ndarray, target: str | os.PathLike,
-                   label_names: Mapping[str, int]) -> Path:
-    """Write a 3D label map as a Slicer segmentation (``.seg.nrrd``), one segment per entry of ``label_names``."""
+                   label_names: Mapping[str, int], atomic: bool = True) -> Path:
+    """Write a 3D label map as a Slicer segmentation (``.seg.nrrd``), one segment per entry of ``label_names``.
+
+    ``atomic=False`` writes straight to ``target``: for a caller that already writes to a temporary name
+    (:class:`scripts.outputs.transaction.CaseTransaction`)."""
     import nrrd
 
     target = Path(target)
@@ -124,7 +134,7 @@ def write_seg_nrrd(label: np.ndarray, affine_ras: np.ndarray, target: str | os.P
             f"Segment{index}_Extent": _extent(label == value),
         })
     data = np.ascontiguousarray(label.astype(np.uint8))
-    write_output_atomically(target, lambda tmp: nrrd.write(tmp, data, header, index_order="F"))
+    _write(target, lambda path: nrrd.write(str(path), data, header, index_order="F"), atomic)
     return target
 
 
@@ -179,8 +189,10 @@ def _frame_for_slice(datasets, affine_ras: np.ndarray, num_slices: int, folder: 
 
 def write_dicom_seg(label: np.ndarray, affine_ras: np.ndarray, source_folder: str | os.PathLike,
                     target: str | os.PathLike, label_names: Mapping[str, int],
-                    algorithm_name: str = "kidney_ct_segmentation", algorithm_version: str = "0") -> Path:
-    """Write a label map ``(x, y, z)`` on a DICOM series' grid as a DICOM Segmentation referencing that series."""
+                    algorithm_name: str = "kidney_ct_segmentation", algorithm_version: str = "0",
+                    atomic: bool = True) -> Path:
+    """Write a label map ``(x, y, z)`` on a DICOM series' grid as a DICOM Segmentation referencing that series
+    (``atomic=False``: straight to ``target``, a temporary name of the caller)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -229,5 +241,5 @@ def write_dicom_seg(label: np.ndarray, affine_ras: np.ndarray, source_folder: st
         content_description="Automatic kidney/tumour segmentation; research use only",
         omit_empty_frames=False,
     )
-    write_output_atomically(target, lambda tmp: seg.save_as(tmp))
+    _write(target, lambda path: seg.save_as(path), atomic)
     return target

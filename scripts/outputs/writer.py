@@ -5,8 +5,9 @@ it directly); :class:`SaveSegmentationd` is its MONAI transform for the evaluato
 names files after the input file (``imaging_seg.nii.gz`` for every KiTS case) and
 writes in place; a crash mid-write leaves a truncated file under the final name. This writer names
 outputs after the case (``case_00012.nii.gz``, see :func:`scripts.data.layout.case_name`), reuses a NIfTI
-input's header (qform and sform kept exactly, not re-derived from a resampled affine), writes to a
-temporary name and renames it, and refuses to overwrite its own input. ``output_format`` picks NIfTI (default),
+input's header (qform and sform kept exactly, not re-derived from a resampled affine), publishes a case's
+files together or not at all (:class:`scripts.outputs.transaction.CaseTransaction`; the volumes JSON, written
+last, lists the others with size and SHA-256), and refuses to overwrite its own input. ``output_format`` picks NIfTI (default),
 a 3D Slicer ``.seg.nrrd`` or a DICOM SEG (:mod:`scripts.outputs.formats`); ``preview`` adds ``<case>_preview.png``
 (:mod:`scripts.outputs.preview`).
 """
@@ -24,16 +25,10 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from ..common.atomic import atomic_write_text
 from ..common.errors import InputError
 from ..data.layout import case_name
-from .formats import (
-    OUTPUT_SUFFIXES,
-    check_output_format,
-    write_dicom_seg,
-    write_output_atomically,
-    write_seg_nrrd,
-)
+from .formats import OUTPUT_SUFFIXES, check_output_format, write_dicom_seg, write_seg_nrrd
+from .transaction import MARKER_SUFFIX, CaseTransaction, ensure_recovered, file_record
 
 __all__ = ["SaveSegmentationd", "write_segmentation", "label_volumes_ml"]
 
@@ -54,7 +49,12 @@ def write_segmentation(label: np.ndarray, affine: np.ndarray, source: str, outpu
                        output_format: str, label_names: Mapping[str, int],
                        preview: tuple[np.ndarray, np.ndarray] | None = None, postfix: str = "",
                        write_volumes: bool = True) -> Path:
-    """Write one case's segmentation (atomically, in ``output_format``), volumes JSON and preview; return its path.
+    """Write one case's segmentation (in ``output_format``), preview and volumes JSON together; return its path.
+
+    All files go to temporary names first and are renamed only when every one is complete
+    (:mod:`scripts.outputs.transaction`); a failure (e.g. a full disk) removes them, leaves the earlier outputs
+    of the case as they were and raises one :class:`~scripts.common.errors.OutputError` line. Stale temporary
+    files of a killed run in ``output_dir`` are removed (interrupted commits completed) before the first case.
 
     Args:
         label: label map (x, y, z) in the input's voxel grid and axes; saved as uint8.
@@ -69,7 +69,8 @@ def write_segmentation(label: np.ndarray, affine: np.ndarray, source: str, outpu
             (x, y, z), float in ``[0, 1]`` or uint8 0..255, and its voxel-to-world affine
             (:func:`scripts.outputs.preview.render_preview`); ``None`` writes no preview.
         postfix: appended to the case name (``case_00012<postfix>.nii.gz``).
-        write_volumes: also write ``<case>_volumes.json`` with per-label volumes in mL.
+        write_volumes: also write ``<case>_volumes.json`` with per-label volumes in mL and the size and SHA-256
+            of the other files (the marker :func:`scripts.outputs.transaction.case_outputs_complete` checks).
     """
     check_output_format(output_format)
     source, output_dir = str(source), _writable_folder(output_dir)
@@ -79,11 +80,18 @@ def write_segmentation(label: np.ndarray, affine: np.ndarray, source: str, outpu
     target = output_dir / f"{name}{OUTPUT_SUFFIXES[output_format]}"
     if source and Path(source).resolve() == target.resolve():
         raise InputError(f"{target}: refusing to overwrite the input; choose another --output_dir")
-    FORMAT_WRITERS[output_format](label, affine, source, target, label_names)
-    if preview is not None:
-        _write_preview(output_dir / f"{name}_preview.png", preview, label, affine, label_names)
-    if write_volumes:
-        _write_volumes(output_dir / f"{name}_volumes.json", name, source, target, label, affine, label_names)
+    ensure_recovered(output_dir)  # temporaries of a killed run, interrupted commits
+    with CaseTransaction(output_dir, name) as outputs:
+        FORMAT_WRITERS[output_format](label, affine, source, outputs.temp_path(target.name), label_names)
+        files = [target.name]
+        if preview is not None:
+            preview_name = f"{name}_preview.png"
+            _write_preview(outputs.temp_path(preview_name), preview, label, affine, label_names)
+            files.append(preview_name)
+        if write_volumes:  # last: the completion marker, listing the files of its set
+            records = {final: file_record(tmp) for tmp, final in ((t, f.name) for t, f in outputs.files)}
+            _write_volumes(outputs.temp_path(f"{name}{MARKER_SUFFIX}"), name, source, target, label, affine,
+                           label_names, records)
     logger.info("wrote %s", target)
     return target
 
@@ -99,24 +107,24 @@ def _writable_folder(folder: str | Path) -> Path:
 
 
 def _write_volumes(path: Path, name: str, source: str, target: Path, label: np.ndarray, affine: np.ndarray,
-                   label_names: Mapping[str, int]) -> None:
+                   label_names: Mapping[str, int], files: Mapping[str, Mapping[str, object]]) -> None:
     volumes = {"case": name, "source": source, "segmentation": target.name,
-               **label_volumes_ml(label, affine, label_names)}
-    atomic_write_text(path, json.dumps(volumes, indent=2))
+               **label_volumes_ml(label, affine, label_names), "files": dict(files)}
+    path.write_text(json.dumps(volumes, indent=2))
 
 
-def _write_preview(target: Path, preview: tuple[np.ndarray, np.ndarray], label: np.ndarray, affine: np.ndarray,
+def _write_preview(path: Path, preview: tuple[np.ndarray, np.ndarray], label: np.ndarray, affine: np.ndarray,
                    label_names: Mapping[str, int]) -> None:
-    from .preview import save_preview  # Pillow only when a preview is asked for
+    from .preview import render_preview  # Pillow only when a preview is asked for
 
     image, image_affine = preview
-    save_preview(target, image, np.asarray(image_affine, dtype=np.float64), label, affine, label_names)
+    sheet = render_preview(image, np.asarray(image_affine, dtype=np.float64), label, affine, label_names)
+    sheet.save(path, format="PNG")
 
 
-def _write_nifti(label: np.ndarray, affine: np.ndarray, source: str, target: Path,
+def _write_nifti(label: np.ndarray, affine: np.ndarray, source: str, path: Path,
                  label_names: Mapping[str, int]) -> None:
-    image = _nifti_like_source(label, affine, source)
-    write_output_atomically(target, lambda tmp: nib.save(image, tmp), suffix=".nii.gz")
+    nib.save(_nifti_like_source(label, affine, source), str(path))
 
 
 def _nifti_like_source(label: np.ndarray, affine: np.ndarray, source: str) -> nib.Nifti1Image:
@@ -135,15 +143,15 @@ def _nifti_like_source(label: np.ndarray, affine: np.ndarray, source: str) -> ni
     return image
 
 
-def _write_seg_nrrd(label: np.ndarray, affine: np.ndarray, source: str, target: Path,
+def _write_seg_nrrd(label: np.ndarray, affine: np.ndarray, source: str, path: Path,
                     label_names: Mapping[str, int]) -> None:
-    write_seg_nrrd(label, affine, target, label_names)
+    write_seg_nrrd(label, affine, path, label_names, atomic=False)
 
 
-def _write_dicom_seg(label: np.ndarray, affine: np.ndarray, source: str, target: Path,
+def _write_dicom_seg(label: np.ndarray, affine: np.ndarray, source: str, path: Path,
                      label_names: Mapping[str, int]) -> None:
     check_output_format("dicom_seg", [{"image": source}])
-    write_dicom_seg(label, affine, source, target, label_names)
+    write_dicom_seg(label, affine, source, path, label_names, atomic=False)
 
 
 FORMAT_WRITERS = {"nifti": _write_nifti, "seg_nrrd": _write_seg_nrrd, "dicom_seg": _write_dicom_seg}
