@@ -8,8 +8,11 @@ are cached, so a bad case is reported before minutes of preprocessing. Voxel val
 from __future__ import annotations
 
 import gzip
+import logging
 import os
+import stat
 import struct
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +23,11 @@ import numpy as np
 from ..common.errors import InputError
 from .layout import NIFTI_SUFFIXES
 
-__all__ = ["check_image_file", "check_datalist", "READ_ERRORS", "MIN_EXPECTED_HU"]
+__all__ = ["check_image_file", "check_datalist", "check_dicom_modality", "check_regular_file",
+           "warn_infinite_voxels", "READ_ERRORS",
+           "MIN_EXPECTED_HU", "NON_IMAGE_MODALITIES"]
+
+logger = logging.getLogger(__name__)
 
 # What readers raise for damaged data: gzip CRC/EOF errors, ITK "could not create IO object", "no DICOMs in".
 READ_ERRORS = (OSError, EOFError, RuntimeError, ValueError, zlib.error)
@@ -32,6 +39,56 @@ except ImportError:  # pragma: no cover
     pass
 # Abdominal CT always holds air (about -1000 HU) around the body or in bowel; MR and rescaled images don't.
 MIN_EXPECTED_HU = -200.0
+# DICOM Modality values of objects that hold no image a CT network could read (segmentations, structure sets,
+# plans, dose grids, reports, presentation states, key objects, registrations, encapsulated documents).
+NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "SR", "PR", "KO", "REG", "DOC",
+                                  "FID", "PLAN", "AU", "ECG"})
+
+
+def _warn(message: str, stacklevel: int = 3) -> None:
+    """A ``UserWarning`` (tests, notebooks) and a log line (the command line's log)."""
+    warnings.warn(message, stacklevel=stacklevel)
+    logger.warning(message)
+
+
+def check_dicom_modality(folder: str | os.PathLike, warn: bool = True) -> set[str]:
+    """Read the ``Modality`` of the DICOM files in ``folder`` (headers only); return the values found.
+
+    A series with only non-image modalities (``SEG``, ``RTSTRUCT``, ``SR``, ... :data:`NON_IMAGE_MODALITIES`)
+    raises :class:`InputError`; any other modality without ``CT`` (``MR``, ``PT``, ...) warns once with ``warn``:
+    the networks were trained on CT in Hounsfield units, and an MR series runs but gives meaningless labels.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    folder = Path(folder)
+    found: set[str] = set()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue
+        found.add(str(ds.get("Modality", "") or "").strip().upper())
+    found.discard("")
+    if not found or "CT" in found:
+        return found
+    listed = ", ".join(sorted(found))
+    if found <= NON_IMAGE_MODALITIES:
+        raise InputError(f"{folder}: DICOM series has Modality {listed}, not an image series; give the folder of "
+                         "the CT series it refers to")
+    if warn:
+        _warn(f"{folder}: DICOM series has Modality {listed}, not CT; the networks were trained on CT in Hounsfield "
+              "units, so its labels will be unreliable")
+    return found
+
+
+def warn_infinite_voxels(source: str, n_negative: int, n_positive: int) -> None:
+    """One warning naming the file and the counts: -Inf voxels count as the HU window's lower bound, +Inf as its
+    upper bound (``ScaleIntensityRanged`` with ``clip`` and :func:`scripts.data.preprocessing.window_and_resize`
+    map them there)."""
+    if n_negative or n_positive:
+        _warn(f"{source}: {n_negative} -Inf and {n_positive} +Inf voxels; treated as the HU window's lower (-Inf) and "
+              "upper (+Inf) bound. Check how the file was converted", stacklevel=4)
 
 
 def _is_nifti(path: Path) -> bool:
@@ -50,7 +107,9 @@ def check_image_file(path: str | os.PathLike, role: str = "image") -> tuple[int,
     if path.is_dir():
         if not any(p.is_file() for p in path.iterdir()):
             raise InputError(f"{path}: {role} folder is empty (expected a DICOM series)")
+        check_dicom_modality(path, warn=False)  # refuses SEG/RTSTRUCT/...; the loader warns for MR and others
         return None
+    check_regular_file(path, role)
     if path.stat().st_size == 0:
         raise InputError(f"{path}: {role} file is empty (0 bytes)")
     if not _is_nifti(path):
@@ -68,6 +127,16 @@ def check_image_file(path: str | os.PathLike, role: str = "image") -> tuple[int,
     if len(shape) != 3:
         raise InputError(f"{path}: is a {len(shape)}D image with shape {shape}; a 3D CT volume is required")
     return shape
+
+
+def check_regular_file(path: Path, role: str = "image") -> None:
+    """A FIFO, socket or device (``/dev/zero``) would block or never end a read: refuse it by its file type."""
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise InputError(f"{path}: {role} is {kind}, not a regular file; give a NIfTI/NRRD/MHA file or a DICOM "
+                         "series folder")
 
 
 def _check_data_complete(path: Path, data_end: int, role: str) -> None:

@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from ..common.errors import InputError
-from .checks import MIN_EXPECTED_HU, READ_ERRORS, check_image_file
+from .checks import MIN_EXPECTED_HU, READ_ERRORS, check_image_file, warn_infinite_voxels
 from .layout import NIFTI_SUFFIXES
 from .transforms import LoadImageCheckedd
 
@@ -48,6 +48,7 @@ class LoadedCT:
     proxy: object | None = None
     stored_shape: tuple[int, ...] | None = None
     _range: list = field(default_factory=lambda: [math.inf, -math.inf])
+    _infinite: list = field(default_factory=lambda: [0, 0])  # -Inf, +Inf voxels met so far
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -64,7 +65,7 @@ class LoadedCT:
         """``(z0, z1, block)``: stored voxels of RAS slices ``z0:z1`` as an (x, y, k) RAS array, ``chunk`` at a time.
 
         Streamed files are read in file order (a gzip stream only seeks forward cheaply); NaN voxels raise
-        :class:`InputError` as they are met.
+        :class:`InputError` as they are met; ±Inf voxels are counted and warned about once, after the last slab.
         """
         ras_shape = [0, 0, 0]
         for axis, (target, _) in enumerate(ornt):
@@ -87,6 +88,7 @@ class LoadedCT:
                 raise _damaged(self.source, exc) from None
             self._note(block)
             yield z0, z1, nib.orientations.apply_orientation(block, ornt)
+        warn_infinite_voxels(self.source, *self._infinite)
         if self._range[0] <= self._range[1]:
             _warn_if_not_ct(self.source, *self._range, self.slope, self.inter, MIN_EXPECTED_HU)
 
@@ -94,11 +96,30 @@ class LoadedCT:
         low, high = block.min(), block.max()
         if np.issubdtype(block.dtype, np.floating) and (math.isnan(low) or math.isnan(high)):
             raise InputError(f"{self.source}: contains {int(np.isnan(block).sum())} NaN voxels in slices being read")
+        if math.isinf(low) or math.isinf(high):
+            (low, high), infinite = _finite_range(block)
+            self._infinite = [a + b for a, b in zip(self._infinite, infinite)]
         self._range[0], self._range[1] = min(self._range[0], float(low)), max(self._range[1], float(high))
 
     def release(self) -> None:
         """Drop the voxels (and the open file) once the network has seen every slice."""
         self.voxels, self.proxy = None, None
+
+
+def _finite_range(voxels: np.ndarray) -> tuple[tuple[float, float], tuple[int, int]]:
+    """``((low, high) of the finite voxels, (number of -Inf, number of +Inf))``, one plane at a time (no full mask).
+
+    ±Inf voxels go through the pipeline unchanged: the HU window clips them to its bounds
+    (:func:`scripts.data.preprocessing.window_and_resize`, ``ScaleIntensityRanged`` with ``clip``).
+    """
+    low, high, negative, positive = math.inf, -math.inf, 0, 0
+    for plane in np.moveaxis(voxels, -1, 0):
+        finite = plane[np.isfinite(plane)]
+        negative += int(np.isneginf(plane).sum())
+        positive += int(np.isposinf(plane).sum())
+        if finite.size:
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    return (low, high), (negative, positive)
 
 
 def _damaged(path, exc: BaseException) -> InputError:
@@ -147,6 +168,11 @@ def _check_values(ct: LoadedCT, min_expected_hu: float) -> None:
     if np.issubdtype(ct.voxels.dtype, np.floating) and (math.isnan(low) or math.isnan(high)):
         n_nan = sum(int(np.isnan(plane).sum()) for plane in np.moveaxis(ct.voxels, -1, 0))
         raise InputError(f"{ct.source}: contains {n_nan} NaN voxels")
+    if math.isinf(low) or math.isinf(high):
+        (low, high), infinite = _finite_range(ct.voxels)
+        warn_infinite_voxels(ct.source, *infinite)
+        if low > high:  # nothing finite: no range to judge
+            return
     _warn_if_not_ct(ct.source, float(low), float(high), ct.slope, ct.inter, min_expected_hu)
 
 

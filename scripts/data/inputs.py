@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from ..common.errors import InputError
-from .checks import check_image_file
+from .checks import check_image_file, check_regular_file
 from .layout import CASE_PATTERN, IMAGE_NAME, VOLUME_SUFFIXES, case_name
 
 __all__ = ["list_inference_inputs"]
@@ -30,7 +30,8 @@ def list_inference_inputs(input_path: str | os.PathLike) -> list[dict[str, str]]
     root = Path(input_path)
     if not root.exists():
         raise InputError(f"{root}: input path does not exist")
-    if root.is_file():
+    if not root.is_dir():
+        check_regular_file(root, "--input_path")  # a FIFO or device would block the reader: refuse it by type
         paths = [root]
     elif CASE_PATTERN.match(root.name) and (root / IMAGE_NAME).is_file():
         paths = [root / IMAGE_NAME]  # one KiTS case folder

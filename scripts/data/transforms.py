@@ -6,15 +6,17 @@ Both sit at the start of every preprocessing chain (train.json, inference.json) 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 
 import torch
 from monai.config import KeysCollection
 from monai.transforms import LoadImage, LoadImaged, MapTransform
 
 from ..common.errors import InputError
-from .checks import MIN_EXPECTED_HU, READ_ERRORS
+from .checks import MIN_EXPECTED_HU, READ_ERRORS, check_dicom_modality, warn_infinite_voxels
 
 __all__ = ["LoadImageCheckedd", "ValidateCTd"]
 
@@ -40,6 +42,8 @@ class _LoaderNamingFile:
         self.loader.register(reader)
 
     def __call__(self, filename, reader=None):
+        if isinstance(filename, (str, os.PathLike)) and Path(filename).is_dir():
+            check_dicom_modality(filename)  # MR (or other non-CT) series: a warning; SEG, RTSTRUCT, ...: refused
         try:
             return self.loader(filename, reader)
         except InputError:
@@ -54,6 +58,9 @@ class _LoaderNamingFile:
 class LoadImageCheckedd(LoadImaged):
     """``LoadImaged`` whose reader failures raise one :class:`InputError` naming the file that failed.
 
+    A DICOM series folder is also checked for its ``Modality`` first
+    (:func:`scripts.data.checks.check_dicom_modality`: non-CT images warn, non-image objects are refused).
+
     The header checks (:func:`scripts.data.checks.check_image_file`) cannot see damage inside the compressed voxel data, or in
     formats other than NIfTI; without this, such a file stops a run with a traceback from gzip or ITK.
     Takes the same arguments as ``LoadImaged``.
@@ -67,7 +74,9 @@ class LoadImageCheckedd(LoadImaged):
 class ValidateCTd(MapTransform):
     """Check a freshly loaded CT (place it right after ``LoadImaged``, before ``EnsureChannelFirstd``).
 
-    Not 3D or NaN voxels raise :class:`InputError`; an intensity range that is not CT-like warns.
+    Not 3D or NaN voxels raise :class:`InputError` (NaN has no intensity to stand for: a damaged conversion is
+    reported rather than guessed at); ±Inf voxels warn once with their counts and are left to the HU window,
+    which clips -Inf to its lower and +Inf to its upper bound; an intensity range that is not CT-like warns.
 
     Args:
         keys: image keys to check.
@@ -93,6 +102,10 @@ class ValidateCTd(MapTransform):
                 if n_nan:
                     raise InputError(f"{name}: contains {n_nan} NaN voxels")
             low, high = float(image.min()), float(image.max())
+            if torch.is_floating_point(image) and (low == float("-inf") or high == float("inf")):
+                warn_infinite_voxels(name, int(torch.isneginf(image).sum()), int(torch.isposinf(image).sum()))
+                finite = image[torch.isfinite(image)]
+                low, high = (float(finite.min()), float(finite.max())) if finite.numel() else (low, high)
             if low > self.min_expected_hu:
                 message = (f"{name}: intensities {low:.0f}..{high:.0f} hold no air (< {self.min_expected_hu:.0f}); "
                            "this does not look like CT in Hounsfield units (MR or normalised image?), "

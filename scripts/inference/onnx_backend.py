@@ -38,13 +38,15 @@ BACKENDS = ("torch", "onnxruntime")
 
 
 def check_backend(backend: str, model_path: str | os.PathLike, onnx_path: str | os.PathLike) -> str:
-    """Stop with one line when the backend is unknown or its model file (``.pt`` or ``.onnx``) is missing."""
-    from ..common.weights import check_weights_file
+    """Stop with one line when the backend is unknown or its model file (``.pt`` or ``.onnx``) is missing; a ``.pt``
+    is also read (``weights_only``) and refused when unsafe or not finite, before either inference path starts
+    (the MONAI evaluator's ``CheckpointLoader`` would show a traceback, and load NaN weights silently)."""
+    from ..common.weights import check_weights_file, read_weights
 
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend!r}: unknown; choose one of {', '.join(BACKENDS)}")
     if backend == "torch":
-        check_weights_file(model_path)
+        read_weights(check_weights_file(model_path))
     elif not Path(onnx_path).is_file():
         raise InputError(f"{onnx_path}: no ONNX model; export one with python -m scripts.inference.onnx_backend --config_file "
                          f"configs/inference.json --ckpt_file {model_path} --onnx_path {onnx_path}")
@@ -131,8 +133,9 @@ def main(argv: Sequence[str] | None = None) -> float:
     for key, value in zip(overrides[::2], overrides[1::2]):  # --id value pairs, as monai.bundle takes them
         config[key.lstrip("-")] = _literal(value)
     network = config.get_parsed_content(args.net_id, instantiate=True)
-    checkpoint = torch.load(args.ckpt_file, map_location="cpu", weights_only=True)
-    network.load_state_dict(checkpoint.get("model", checkpoint))
+    from ..common.weights import load_weights
+
+    load_weights(network, args.ckpt_file)
     slice_size = config.get_parsed_content("slice_size")
     path = export_onnx(network, args.onnx_path, slice_size)
     torch.manual_seed(0)

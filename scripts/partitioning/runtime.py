@@ -103,7 +103,7 @@ def ensure_partitions(network_def: nn.Module, model_path: str | os.PathLike, num
                       model_name: str) -> list[Path]:
     """Export ``network_def`` with the weights of ``model_path``, split into ``num_partitions`` sub-models by
     ``measure``, to one TorchScript file each, unless files made from the same weights and settings exist."""
-    from ..common.weights import check_weights_file
+    from ..common.weights import check_weights_file, read_weights
     from . import split_network
 
     check_weights_file(model_path)
@@ -114,10 +114,10 @@ def ensure_partitions(network_def: nn.Module, model_path: str | os.PathLike, num
     if partitions_up_to_date(partitions_dir, model_name, num_partitions, fingerprint):
         logger.info("using the TorchScript partitions in %s (same weights and settings)", partitions_dir)
         return paths
-    checkpoint = torch.load(model_path, map_location="cpu", weights_only=True)
+    state = read_weights(model_path)
     network = network_def.cpu().eval()
     try:
-        network.load_state_dict(checkpoint.get("model", checkpoint))
+        network.load_state_dict(state)
     except RuntimeError as exc:
         raise InputError(f"{model_path}: weights do not fit the configured network "
                          f"({str(exc).splitlines()[0]})") from None

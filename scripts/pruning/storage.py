@@ -66,10 +66,11 @@ def save_sparse_state_dict(state_dict: dict, path: str | os.PathLike) -> None:
 def load_sparse_state_dict(path: str | os.PathLike) -> dict:
     """Read a file written by ``save_sparse_state_dict`` back into a dense state dict (bit-exact)."""
     from ..common.errors import InputError
+    from ..common.weights import torch_load_checked
 
     try:
         with zipfile.ZipFile(path) as archive:
-            payload = torch.load(io.BytesIO(archive.read(_MEMBER)), weights_only=True)
+            payload = torch_load_checked(io.BytesIO(archive.read(_MEMBER)), what="sparse weights", name=path)
     except (OSError, KeyError, zipfile.BadZipFile, RuntimeError) as err:
         raise InputError(f"{path}: not a sparse weights file written by the pruning workflow ({err})") from None
     if payload.get("format") != _FORMAT:

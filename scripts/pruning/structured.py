@@ -229,11 +229,9 @@ def shrink_to_state_dict(network: nn.Module, state_dict: dict) -> nn.Module:
 def load_structured(network: nn.Module, path: str | os.PathLike, map_location="cpu") -> nn.Module:
     """``network`` (built from ``network_def``) shrunk to the channel-pruned checkpoint at ``path`` and loaded."""
     from ..common.errors import InputError
+    from ..common.weights import torch_load_checked
 
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, EOFError) as err:
-        raise InputError(f"{path}: cannot read channel-pruned weights ({err})") from None
+    checkpoint = torch_load_checked(path, map_location, what="channel-pruned weights")
     state = checkpoint.get("model", checkpoint)
     try:
         return shrink_to_state_dict(network, state)
