@@ -217,8 +217,9 @@ def test_recovery_rolls_an_interrupted_commit_forward_and_spares_user_files(tmp_
     assert not case_outputs_complete(out, "case_a", preview=False)  # pending: not complete until recovered
     # stale temporaries of a killed run (this version's and earlier versions' names) and look-alike user files
     stale = [".case_b.nii.gz.k2j4h1x9.part.nii.gz", ".case_b.nii.gz.ab_12cd3.nii.gz", ".case_b_volumes.json.zz9y8x7w.tmp",
-             ".case_b_preview.png.q1w2e3r4.png", ".write_test_abcd1234"]
-    user = ["notes.txt", ".case_b.nii.gz.backup", "case_b.nii.gz.k2j4h1x9.nii.gz", ".hidden.json"]
+             ".case_b_preview.png.q1w2e3r4.png", ".case_b.seg.nrrd.a1b2c3d4.tmp"]
+    user = ["notes.txt", ".case_b.nii.gz.backup", "case_b.nii.gz.k2j4h1x9.nii.gz", ".hidden.json",
+            ".timings.json.a1b2c3d4.tmp"]  # the last: another temporary of the bundle, not a case output
     for name in stale + user:
         (out / name).write_text("x")
     with caplog.at_level(logging.WARNING, logger="scripts.outputs.transaction"):
@@ -227,6 +228,17 @@ def test_recovery_rolls_an_interrupted_commit_forward_and_spares_user_files(tmp_
     assert case_outputs_complete(out, "case_a", preview=False)
     assert np.array_equal(np.asarray(nib.load(str(out / "case_a.nii.gz")).dataobj), new_label)
     assert sorted(p.name for p in out.iterdir()) == sorted(["case_a.nii.gz", "case_a_volumes.json", *user])
+
+
+def test_every_temporary_name_is_recognised_and_keeps_its_extension(tmp_path):
+    """Recovery can only remove what it recognises; writers choose formats by the extension (nibabel)."""
+    tx = transaction.CaseTransaction(tmp_path, "case_00001")
+    for final, extension in (("case_00001.nii.gz", ".nii.gz"), ("case_00001.seg.nrrd", ".seg.nrrd"),
+                             ("case_00001.seg.dcm", ".seg.dcm"), ("case_00001_preview.png", ".png"),
+                             ("case_00001_volumes.json", ".json")):
+        name = tx.temp_path(final).name
+        assert is_temporary_output(name) and name.startswith(f".{final}.") and name.endswith(f".part{extension}")
+    assert not is_temporary_output("case_00001.nii.gz") and not is_temporary_output(".case_00001.nii.gz")
 
 
 def test_case_outputs_complete_detects_mixed_and_missing_sets(tmp_path):

@@ -24,8 +24,7 @@ from ..common.errors import InputError
 from .layout import NIFTI_SUFFIXES
 
 __all__ = ["check_image_file", "check_datalist", "check_dicom_modality", "check_regular_file",
-           "warn_infinite_voxels", "READ_ERRORS",
-           "MIN_EXPECTED_HU", "NON_IMAGE_MODALITIES"]
+           "warn_infinite_voxels", "READ_ERRORS", "MIN_EXPECTED_HU", "NON_IMAGE_MODALITIES"]
 
 logger = logging.getLogger(__name__)
 

@@ -44,11 +44,13 @@ logger = logging.getLogger(__name__)
 
 JOURNAL_SUFFIX = ".outputs-commit.json"
 MARKER_SUFFIX = "_volumes.json"
-# ".<final name>.<8 random characters of tempfile>[.part]<extension>": this module's temporaries, and the ones
-# earlier versions of the bundle left (".case.nii.gz.k2j4h1x9.nii.gz", ".case_volumes.json.k2j4h1x9.tmp", the
-# output folder check's ".write_test_k2j4h1x9"); never a user's file without the leading dot and random part.
-_TEMP = re.compile(r"^\.(?:write_test_[a-z0-9_]{8}|.+(?:\.nii\.gz|\.seg\.nrrd|\.seg\.dcm|\.png|\.json)"
-                   r"\.[a-z0-9_]{8}(?:\.part)?(?:\.nii\.gz|\.seg\.nrrd|\.seg\.dcm|\.png|\.json|\.tmp)?)$")
+# ".<final name>.<8 random characters of tempfile>[.part]<extension>" of a case's files: this module's temporaries
+# and the ones earlier versions left (".case.nii.gz.k2j4h1x9.nii.gz", ".case_volumes.json.k2j4h1x9.tmp"). Only
+# files that exist while a writer holds the folder lock (or after it was killed); never a user's file without the
+# leading dot and random part, nor other temporaries of the bundle (timings JSON, the folder's write test).
+_TEMP = re.compile(r"^\..+(?:\.nii\.gz|\.seg\.nrrd|\.seg\.dcm|_preview\.png|_volumes\.json|\.outputs-commit\.json)"
+                   r"\.[a-z0-9_]{8}(?:\.part)?(?:\.nii\.gz|\.seg\.nrrd|\.seg\.dcm|\.png|\.json|\.tmp)?$")
+_DOUBLE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".seg.dcm")
 _recovered: set[str] = set()
 
 
@@ -137,7 +139,7 @@ class CaseTransaction:
 
     def temp_path(self, final_name: str) -> Path:
         """A new temporary file beside ``final_name``, ending in the same extension (writers choose formats by it)."""
-        suffix = "".join(Path(final_name).suffixes[-2:]) if final_name.endswith(".nii.gz") else Path(final_name).suffix
+        suffix = next((s for s in _DOUBLE_SUFFIXES if final_name.endswith(s)), Path(final_name).suffix)
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{final_name}.", suffix=f".part{suffix}")
         os.close(fd)
         self.files.append((Path(tmp), self.folder / final_name))
