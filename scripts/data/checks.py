@@ -68,6 +68,8 @@ def check_dicom_modality(folder: str | os.PathLike, warn: bool = True) -> set[st
         except (InvalidDicomError, OSError, ValueError, EOFError):
             continue
         found.add(str(ds.get("Modality", "") or "").strip().upper())
+        if "CT" in found:  # a CT series: one header read (large series are checked for the price of one file)
+            break
     found.discard("")
     if not found or "CT" in found:
         return found
