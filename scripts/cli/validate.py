@@ -56,11 +56,11 @@ def check_config_files(files: Sequence[str | Path], base: Path | None = None) ->
 
 
 def _is_run_list(key: str, value) -> bool:
-    """A run id: a list of ``$``/``@``/``%`` expressions (``initialize``, ``run``) or a ``%`` copy of one."""
+    """A run id: a list of ``$``/``@``/``%`` expressions (``initialize``, ``run``) or a reference to ``run``."""
     if key.lstrip("+") == "imports":
         return False
     if isinstance(value, str):
-        return value.startswith("%")
+        return value[:1] in "%@" and value[1:] in ("run", "initialize", "finalize")
     return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v[:1] in "$@%" for v in value)
 
 
