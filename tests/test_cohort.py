@@ -120,6 +120,7 @@ def assert_same_outputs(a: Path, b: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the runs
+@pytest.mark.slow
 def test_keeps_going_past_bad_cases(cohort, reference):
     """9 good outputs (8 NIfTI + the DICOM series), 2 failures listed with file and reason, exit code 1."""
     out, result = reference
@@ -143,6 +144,7 @@ def test_keeps_going_past_bad_cases(cohort, reference):
     assert sum(float(r["left_kidney_ml"]) + float(r["right_kidney_ml"]) for r in rows) > 0
 
 
+@pytest.mark.slow
 def test_stop_on_error_stops_at_the_first_bad_case(cohort):
     out = cohort["root"] / "stop"
     result = kidney_seg(cohort, out, "--stop-on-error", "--quiet")
@@ -153,6 +155,7 @@ def test_stop_on_error_stops_at_the_first_bad_case(cohort):
     assert not list(out.glob("*.nii.gz"))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_redoes_only_unfinished_cases(cohort, reference):
     out = cohort["root"] / "killed"
     process = kidney_seg(cohort, out, "--quiet", wait=False)
@@ -184,6 +187,7 @@ def test_sigkill_then_resume_redoes_only_unfinished_cases(cohort, reference):
     assert_same_outputs(reference[0], out)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_give_the_same_outputs(cohort, reference):
     out = cohort["root"] / "torchrun"
     prefix = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
@@ -195,6 +199,7 @@ def test_torchrun_two_processes_give_the_same_outputs(cohort, reference):
     assert "cases failed" in logs
 
 
+@pytest.mark.slow
 def test_num_parts_and_merge(cohort, reference):
     """Scheduler-array style: parts run one after the other (no waiting); ``--merge`` gives the same table."""
     out = cohort["root"] / "parts"

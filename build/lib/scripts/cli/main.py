@@ -110,7 +110,7 @@ def _default_device() -> str | None:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run the parsed command; returns the exit code (raises InputError for bad input)."""
-    from .runner import inference_configs, inference_overrides, run_inferring
+    from .runner import inference_configs, inference_overrides
 
     if args.merge:
         from ..evaluation.cohort import merge_cohort
@@ -127,14 +127,72 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                    progress=not args.quiet, pattern=args.pattern, num_parts=num_parts, part_id=part_id,
                    model_path=model_path, device=args.device or _default_device())
     overrides = inference_overrides(options)
-    if args.quiet:
-        run_inferring(configs, overrides)
-        return 0
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    group = _torchrun_group() if num_parts > 1 and args.num_parts is None else None
+    try:
+        code = _run_cases(configs, overrides, args.quiet, parser.prog)
+    finally:
+        if group is not None:
+            _merge_after_all_ranks(group, args.output)
+    return code
 
-    with logging_redirect_tqdm():
-        run_inferring(configs, overrides)
+
+def _run_cases(configs, overrides, quiet: bool, prog: str) -> int:
+    """Run the workflow; 1 when some cases failed (listed in failures.csv), 0 when all are done."""
+    from ..inference.streaming import CasesFailed
+    from .runner import run_inferring
+
+    try:
+        if quiet:
+            run_inferring(configs, overrides)
+        else:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm():
+                run_inferring(configs, overrides)
+    except Exception as exc:
+        failed = _in_chain(exc, CasesFailed)  # MONAI wraps what a config expression raises
+        if failed is None:
+            raise
+        print(f"{prog}: {failed.message}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _torchrun_group():
+    """Under torchrun, a gloo group whose barriers let rank 0 merge after every rank is done (long timeout: the
+    ranks' shares finish hours apart), and keep each rank alive until then: torchrun stops all ranks as soon as
+    one exits non-zero, which a rank with a failed case does."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_available() or "MASTER_ADDR" not in os.environ:
+        return None
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+    return dist
+
+
+def _merge_after_all_ranks(dist, output: str) -> None:
+    from ..evaluation.cohort import merge_cohort
+
+    dist.barrier()
+    if dist.get_rank() == 0:
+        rows, failures = merge_cohort(output)
+        logging.getLogger(__name__).info("all %d ranks done: cohort.csv with %d cases, %d failures",
+                                         dist.get_world_size(), rows, failures)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _in_chain(exc: BaseException | None, kind: type) -> BaseException | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,13 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.quiet)
     from ..common.errors import find_input_error
-    from ..inference.streaming import CasesFailed
 
     try:
         return run(args, parser)
-    except CasesFailed as exc:
-        print(f"{parser.prog}: {exc.message}", file=sys.stderr)
-        return 1
     except Exception as exc:
         message = find_input_error(exc)
         if message is None or os.environ.get("BUNDLE_DEBUG"):

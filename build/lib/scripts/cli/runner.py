@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -65,6 +66,15 @@ def inference_overrides(options: RunOptions) -> dict:
     return overrides
 
 
+class _QuietWorkflowNotes(logging.Filter):
+    """Drop ConfigWorkflow's notes that hold for every run of this module (no logging file; overlays elsewhere)."""
+
+    NOTES = ("Logging file is set to False", "Not all config files are in")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOTES)
+
+
 def run_inferring(config_files: Sequence[Path], overrides: Mapping) -> object:
     """``initialize``, ``inferring`` and ``finalize`` of the merged configs in this process.
 
@@ -74,6 +84,9 @@ def run_inferring(config_files: Sequence[Path], overrides: Mapping) -> object:
     from monai.bundle import ConfigWorkflow
 
     hook, path = sys.excepthook, list(sys.path)
+    notes = logging.getLogger("monai.bundle.workflows")
+    if not any(isinstance(f, _QuietWorkflowNotes) for f in notes.filters):
+        notes.addFilter(_QuietWorkflowNotes())
     meta = config_dir() / "metadata.json"
     workflow = ConfigWorkflow(config_file=[str(f) for f in config_files], meta_file=str(meta) if meta.is_file()
                               else None, logging_file=False, workflow_type="infer", run_id="inferring",

@@ -34,7 +34,6 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,7 +45,7 @@ from scipy import ndimage
 from ..common.atomic import atomic_write, atomic_write_text
 from ..data.layout import case_name
 
-__all__ = ["CASE_COLUMNS", "FAILURE_COLUMNS", "CohortRecorder", "case_statistics", "case_outputs_complete",
+__all__ = ["CASES_FOLDER", "CASE_COLUMNS", "FAILURE_COLUMNS", "CohortRecorder", "case_statistics", "case_outputs_complete",
            "merge_cohort", "KIDNEY_ML_RANGE", "IN_PLANE_MM", "SLICE_MM", "MIN_COMPONENT_ML"]
 
 logger = logging.getLogger(__name__)
