@@ -249,3 +249,29 @@ def test_pip_install_gives_a_working_console_command(phantom_dir, tiny_weights, 
     bad = subprocess.run([str(command), "-i", "x", "-o", "y", "--network", "foo"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "available: classic_unet" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    """The tqdm bar over cases shows with ``progress`` on a terminal only (log files keep the per-case lines)."""
+    from scripts.inference.streaming import _progress_bar
+
+    class Terminal:
+        def __init__(self, tty: bool) -> None:
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+        def write(self, text: str) -> int:
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Terminal(True))
+    bar = _progress_bar(5, True, 1, 2)
+    assert not bar.disable and bar.total == 5 and bar.desc.startswith("part 2/2")
+    bar.close()
+    assert _progress_bar(5, False, 0, 1).disable  # --quiet
+    monkeypatch.setattr(sys, "stderr", Terminal(False))
+    assert _progress_bar(5, True, 0, 1).disable  # redirected to a file
