@@ -37,11 +37,12 @@ import torch.nn.functional as F
 from monai.transforms import KeepLargestConnectedComponent
 
 from ..common.atomic import atomic_write_text
+from ..common.errors import InputError, find_input_error
 from ..common.weights import check_weights_file, load_weights
 from ..data.ct_reader import LoadedCT, read_ct
 from ..data.preprocessing import window_and_resize
 
-__all__ = ["StreamingSegmenter", "build_segmenter", "is_3d_network", "network_with_weights", "ras_orientation",
+__all__ = ["CasesFailed", "StreamingSegmenter", "build_segmenter", "is_3d_network", "network_with_weights", "ras_orientation",
            "model_grid_affine"]
 
 logger = logging.getLogger(__name__)
@@ -111,13 +112,19 @@ class StreamingSegmenter:
             runs the network as given in fp32 with batches of ``chunk_slices``.
         skip_empty_slices: slices with nothing above ``hu_window[0]`` become background without the network.
         chunk_slices: slices read, windowed and resampled together (bounded memory, vectorised work).
+        collect_statistics: keep, per case, what the cohort statistics need in :attr:`case_info`: the model-resolution
+            HU (area average, before the window; float16, 2 bytes per model voxel), the labels before and after the
+            largest-connected-component step and that grid's affine (``scripts.evaluation.cohort``).
     """
 
     def __init__(self, network: torch.nn.Module, device: torch.device | str = "cpu",
                  hu_window: Sequence[float] = (-79, 304), slice_size: Sequence[int] = (256, 256),
                  num_classes: int = 3, lcc_enabled: bool = True, lcc_num_components: int = 2,
-                 fast_path=None, skip_empty_slices: bool = True, chunk_slices: int = 16) -> None:
+                 fast_path=None, skip_empty_slices: bool = True, chunk_slices: int = 16,
+                 collect_statistics: bool = False) -> None:
         self.device = torch.device(device)
+        self.collect_statistics = bool(collect_statistics)
+        self.case_info: dict = {}
         self.fast_path = fast_path
         if fast_path is not None:
             from .fast_path import prepare_network
@@ -162,6 +169,7 @@ class StreamingSegmenter:
         depth = shape[int(np.flatnonzero(ornt[:, 0] == 2)[0])]
         model_labels = np.zeros((*self.slice_size, depth), dtype=np.uint8)
         preview = np.zeros((*self.slice_size, depth), dtype=np.uint8)
+        model_hu = np.zeros((*self.slice_size, depth), dtype=np.float16) if self.collect_statistics else None
         skipped = 0
         blocks = ct.axial_blocks(ornt, self.chunk_slices)  # views of the stored array, or slabs read from the file
         while True:
@@ -169,7 +177,7 @@ class StreamingSegmenter:
             z0, z1, block = next(blocks, (None, None, None))
             if block is None:
                 break
-            image = self._preprocess(ct, block)  # (k, 1, H, W) in [0, 1]
+            image = self._preprocess(ct, block, model_hu, z0, z1)  # (k, 1, H, W) in [0, 1]
             preview[:, :, z0:z1] = (image[:, 0] * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
             has_body = image.flatten(1).amax(dim=1) > 0 if self.skip_empty_slices else torch.ones(z1 - z0, dtype=bool)
             t1 = time.perf_counter()
@@ -188,9 +196,13 @@ class StreamingSegmenter:
         if after_network is not None:
             after_network()
         t0 = time.perf_counter()
+        pre_lcc = model_labels.copy() if self.collect_statistics else None
         if self.lcc is not None:
             model_labels = np.asarray(self.lcc(torch.from_numpy(model_labels)[None])[0], dtype=np.uint8)
         t1 = time.perf_counter()
+        if self.collect_statistics:
+            self.case_info = {"model_labels": model_labels, "model_hu": model_hu, "pre_lcc_labels": pre_lcc,
+                              "model_affine": model_grid_affine(ct.affine, shape, ornt, self.slice_size)}
         label = self._back_to_input_grid(model_labels, shape, ornt)
         timings["lcc"], timings["resample"] = t1 - t0, time.perf_counter() - t1
         timings.update(slices=depth, skipped_slices=skipped,
@@ -198,9 +210,16 @@ class StreamingSegmenter:
         self.timings = timings
         return label, preview
 
-    def _preprocess(self, ct: LoadedCT, block: np.ndarray) -> torch.Tensor:
-        """HU window to [0, 1] (clipped), then area resize in-plane: ``ScaleIntensityRanged`` + ``Resized``."""
+    def _preprocess(self, ct: LoadedCT, block: np.ndarray, model_hu: np.ndarray | None = None, z0: int = 0,
+                    z1: int = 0) -> torch.Tensor:
+        """HU window to [0, 1] (clipped), then area resize in-plane: ``ScaleIntensityRanged`` + ``Resized``;
+        with ``model_hu`` the area-resized HU (no window) of slices ``z0:z1`` are stored there too."""
         hu = torch.from_numpy(ct.hounsfield(np.ascontiguousarray(block.transpose(2, 0, 1))))  # (k, X, Y)
+        if model_hu is not None:
+            resized = hu[:, None]
+            if tuple(resized.shape[-2:]) != self.slice_size:
+                resized = F.interpolate(resized, size=self.slice_size, mode="area")
+            model_hu[:, :, z0:z1] = resized[:, 0].permute(1, 2, 0).numpy()
         return window_and_resize(hu, self.hu_window, self.slice_size)
 
     def _predict(self, batch: torch.Tensor) -> torch.Tensor:
@@ -225,7 +244,8 @@ class StreamingSegmenter:
 
     # -- many cases --------------------------------------------------------------------------------------------
     def run(self, datalist: Iterable[Mapping[str, str]], writer: Callable | None = None, preview: bool = True,
-            prefetch: bool = True, timings_path: str | Path = "") -> list[dict]:
+            prefetch: bool = True, timings_path: str | Path = "", recorder=None, resume: bool = False,
+            stop_on_error: bool = True, progress: bool = False, num_parts: int = 1, part_id: int = 0) -> list[dict]:
         """Segment every ``{"image": path}`` of ``datalist`` and hand each case to ``writer``.
 
         ``writer(label, affine, source, preview=...)`` gets the uint8 label map in the input's voxel grid, the
@@ -233,49 +253,131 @@ class StreamingSegmenter:
         resolution and its affine (else ``None``): the config's ``write_segmentation``, the outputs' writer function
         with its options bound.
 
+        Cohort runs (issue 15):
+
+        - ``num_parts``/``part_id``: this process takes cases ``part_id, part_id + num_parts, ...`` of the sorted
+          list (``torchrun`` ranks or a scheduler's array jobs; disjoint shares, no communication);
+        - ``recorder`` (``scripts.evaluation.cohort.CohortRecorder``, the config's ``cohort``): with ``resume`` a
+          case whose outputs it finds complete is skipped; each finished case gets its statistics row, each failed
+          case a failure record, and :meth:`recorder.finish` merges them into ``cohort.csv``/``failures.csv``;
+        - ``stop_on_error=False`` keeps going past a case that fails (one ``ERROR`` line naming the file and the
+          problem) and raises :class:`CasesFailed` at the end when any did; ``True`` stops at the first one;
+        - ``progress``: a tqdm bar over the cases with ETA (on stderr, only when it is a terminal).
+
         With ``prefetch`` the next case is read in a background thread while the current one is post-processed and
         written: started once the network is done with the current case and its stored voxels are released, so at
-        most one stored CT is in memory. Returns the per-case stage timings (also written to ``timings_path`` as
-        JSON when given).
+        most one stored CT is in memory; on CUDA, where the network takes a fraction of the read time, it starts as
+        the current case starts (two stored CTs in memory). Returns the per-case stage timings (also written to
+        ``timings_path`` as JSON when given).
         """
         items = [dict(item) for item in datalist]
+        num_parts, part_id = int(num_parts), int(part_id)
+        if not 0 <= part_id < num_parts:
+            raise InputError(f"--part_id {part_id}: must be in 0..{num_parts - 1} for --num_parts {num_parts}")
+        items = items[part_id::num_parts]
+        total = len(items)
+        if resume and recorder is not None:
+            items = [item for item in items if not recorder.is_complete(item["image"])]
+            if total - len(items):
+                logger.info("resume: %d of %d cases already complete, %d to do", total - len(items), total,
+                            len(items))
+        self.collect_statistics = recorder is not None and getattr(recorder, "statistics", False)
+        early = prefetch and self.device.type == "cuda"
         results: list[dict] = []
+        failed: list[str] = []
+        bar = _progress_bar(len(items), progress, part_id, num_parts)
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending: Future | None = pool.submit(_timed_read, items[0]["image"]) if items else None
             for index, item in enumerate(items):
-                wait0 = time.perf_counter()
-                ct, read_s = pending.result()
-                waited = time.perf_counter() - wait0
-                nxt, pending = index + 1, None
+                nxt, current, pending = index + 1, pending, None
 
                 def read_next() -> None:
                     nonlocal pending
-                    if prefetch and nxt < len(items):
+                    if prefetch and pending is None and nxt < len(items):
                         pending = pool.submit(_timed_read, items[nxt]["image"])
 
-                start = time.perf_counter()
-                label, image = self.segment(ct, release_input=True, after_network=read_next)
-                t0 = time.perf_counter()
-                if writer is not None:
-                    writer(label, ct.affine, ct.source, preview=self._preview(ct, label, image) if preview else None)
-                timings = self.timings
-                timings["write"] = time.perf_counter() - t0
-                timings.update(case=ct.source, read=read_s, read_wait=waited,
-                               total=time.perf_counter() - start + waited)
-                logger.info("%s: %d slices (%d without body skipped) in %.2f s [%s] - %s", ct.source,
-                            timings["slices"], timings["skipped_slices"], timings["total"], timings["fast_path"],
-                            ", ".join(f"{k} {timings[k]:.2f} s" for k in STAGES))
-                results.append(timings)
-                del ct, label, image
+                try:
+                    results.append(self._run_case(current, read_next, early, writer, preview, recorder,
+                                                  f"[{index + 1}/{len(items)}]"))
+                except Exception as exc:  # noqa: BLE001 - one case's failure must not stop a cohort
+                    if stop_on_error:
+                        raise
+                    message = _one_line(exc)
+                    logger.error("[%d/%d] %s: failed: %s", index + 1, len(items), item["image"], message)
+                    failed.append(item["image"])
+                    if recorder is not None:
+                        recorder.fail(item["image"], message)
                 if pending is None and nxt < len(items):
                     pending = pool.submit(_timed_read, items[nxt]["image"])
+                bar.update(1)
+        bar.close()
         if timings_path:
             atomic_write_text(Path(timings_path), json.dumps(results, indent=2))
+        if recorder is not None:
+            rows, failures = recorder.finish()
+            if rows or failures:
+                logger.info("cohort: %d cases in %s, %d failures", rows, Path(recorder.output_dir) / "cohort.csv",
+                            failures)
+        if failed:
+            raise CasesFailed(f"{len(failed)} of {len(items)} cases failed (first: {failed[0]}); each is listed with "
+                              f"its error in {_failures_csv(recorder)}")
         return results
+
+    def _run_case(self, pending: Future, read_next: Callable[[], None], early: bool,
+                  writer: Callable | None, preview: bool, recorder, tag: str) -> dict:
+        """One case of :meth:`run`: wait for its read, segment, write, record; returns its timings."""
+        wait0 = time.perf_counter()
+        ct, read_s = pending.result()
+        waited = time.perf_counter() - wait0
+        if early:
+            read_next()
+        start = time.perf_counter()
+        label, image = self.segment(ct, release_input=True, after_network=read_next)
+        t0 = time.perf_counter()
+        if writer is not None:
+            writer(label, ct.affine, ct.source, preview=self._preview(ct, label, image) if preview else None)
+        timings = self.timings
+        timings["write"] = time.perf_counter() - t0
+        timings.update(case=ct.source, read=read_s, read_wait=waited, total=time.perf_counter() - start + waited)
+        if recorder is not None:
+            recorder.record(ct.source, label, ct.affine, self.case_info, seconds=timings["total"] + read_s - waited)
+            self.case_info = {}
+        logger.info("%s %s: %d slices (%d without body skipped) in %.2f s [%s] - %s", tag, ct.source,
+                    timings["slices"], timings["skipped_slices"], timings["total"], timings["fast_path"],
+                    ", ".join(f"{k} {timings[k]:.2f} s" for k in STAGES))
+        return timings
 
     def _preview(self, ct: LoadedCT, label: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(image, image_affine)``: the model-resolution uint8 network input and its voxel-to-world affine."""
         return image, model_grid_affine(ct.affine, label.shape, ras_orientation(ct.affine), self.slice_size)
+
+
+class CasesFailed(InputError):
+    """Some cases of a run that kept going failed; the message names the first and the failures file."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """The one-line reason of a failed case: an :class:`InputError`'s message, else the exception's first line."""
+    message = find_input_error(exc)
+    if message is not None:
+        return message
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def _failures_csv(recorder) -> str:
+    return str(Path(recorder.output_dir) / "failures.csv") if recorder is not None else "the log above"
+
+
+def _progress_bar(total: int, enabled: bool, part_id: int, num_parts: int):
+    """A tqdm bar over cases (ETA from the mean case time) on stderr, or a stand-in doing nothing."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    shown = bool(enabled) and total > 0 and sys.stderr is not None and sys.stderr.isatty()
+    desc = f"part {part_id + 1}/{num_parts}" if num_parts > 1 else "cases"
+    return tqdm(total=total, disable=not shown, unit="case", desc=desc, dynamic_ncols=True)
 
 
 def _timed_read(path: str) -> tuple[LoadedCT, float]:

@@ -1,0 +1,1 @@
+"""Errors (one-line ``InputError``), atomic writes and argument checks. Imports nothing else of ``scripts``."""
