@@ -31,10 +31,10 @@ from scripts.evaluation.cohort import (
     CASE_COLUMNS,
     CohortRecorder,
     KIDNEY_ML_RANGE,
-    case_outputs_complete,
     case_statistics,
     merge_cohort,
 )
+from scripts.outputs.transaction import case_outputs_complete
 
 GOOD_NIFTI = 8
 RUN_COLUMNS = ("seconds", "source")  # differ between runs by nature (time, absolute path of the input)
@@ -171,7 +171,7 @@ def test_sigkill_then_resume_redoes_only_unfinished_cases(cohort, reference):
     for seg in out.glob("*.nii.gz"):
         assert nib.load(seg).get_fdata().shape  # readable in full
     # complete = outputs complete (volumes JSON last) and the cohort row saved after them
-    recorder = CohortRecorder(out, "nifti", preview=True)
+    recorder = CohortRecorder(out, "nifti", preview=True, outputs_complete=case_outputs_complete)
     complete_before = [c for c in done if recorder.is_complete(str(cohort["folder"] / f"{c}.nii.gz"))]
     assert len(complete_before) >= 2
     result = kidney_seg(cohort, out)

@@ -34,7 +34,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from scipy import ndimage
 from ..common.atomic import atomic_write, atomic_write_text
 from ..data.layout import case_name
 
-__all__ = ["CASES_FOLDER", "CASE_COLUMNS", "FAILURE_COLUMNS", "CohortRecorder", "case_statistics", "case_outputs_complete",
+__all__ = ["CASES_FOLDER", "CASE_COLUMNS", "FAILURE_COLUMNS", "CohortRecorder", "case_statistics",
            "merge_cohort", "KIDNEY_ML_RANGE", "IN_PLANE_MM", "SLICE_MM", "MIN_COMPONENT_ML"]
 
 logger = logging.getLogger(__name__)
@@ -60,30 +60,7 @@ CASE_COLUMNS = ("case", "source", "left_kidney_ml", "right_kidney_ml", "tumour_c
                 "components_before_lcc", "slices", "spacing_x_mm", "spacing_y_mm", "spacing_z_mm", "seconds",
                 "qc_flags")
 FAILURE_COLUMNS = ("case", "file", "error")
-# TODO(issue 14): use scripts.outputs' case_outputs_complete(output_dir, case, output_format, preview) once it lands;
-# evaluation may not import outputs, so the lead passes it in through the config (or keeps this copy in step).
-_OUTPUT_SUFFIXES = {"nifti": ".nii.gz", "seg_nrrd": ".seg.nrrd", "dicom_seg": ".seg.dcm"}
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity, as MONAI's KeepLargestConnectedComponent (connectivity=None)
-
-
-def case_outputs_complete(output_dir: str | Path, case: str, output_format: str, preview: bool) -> bool:
-    """True when ``case``'s outputs form one finished set: segmentation, preview (if asked for) and the volumes JSON,
-    which the writer saves last and which names that segmentation and is not older than it.
-
-    TODO(issue 14): replace by ``scripts.outputs``' ``case_outputs_complete`` (same signature) when it lands.
-    """
-    output_dir = Path(output_dir)
-    target = output_dir / f"{case}{_OUTPUT_SUFFIXES.get(output_format, '.nii.gz')}"
-    volumes = output_dir / f"{case}_volumes.json"
-    if not (target.is_file() and volumes.is_file()) or target.stat().st_size == 0:
-        return False
-    if preview and not (output_dir / f"{case}_preview.png").is_file():
-        return False
-    try:
-        record = json.loads(volumes.read_text())
-    except (OSError, ValueError):
-        return False
-    return record.get("segmentation") == target.name and volumes.stat().st_mtime >= target.stat().st_mtime
 
 
 def _voxel_ml(affine: np.ndarray) -> float:
@@ -298,13 +275,18 @@ class CohortRecorder:
     Args:
         output_dir: the run's output folder (rows go to ``output_dir/cohort_cases``).
         output_format, preview: what the writer produces, for :meth:`is_complete`.
+        outputs_complete: ``(output_dir, case, output_format, preview) -> bool``, the writer's own check that a
+            case's outputs form one finished set (``scripts.outputs.transaction.case_outputs_complete``; passed in
+            by the config, as ``evaluation`` may not import ``outputs``).
         label_names: ``{name: value}`` of the foreground labels.
         statistics: compute a ``cohort.csv`` row per case (and the summary); failures are recorded either way.
     """
 
     def __init__(self, output_dir: str | Path, output_format: str = "nifti", preview: bool = True,
-                 label_names: Mapping[str, int] | None = None, statistics: bool = True) -> None:
+                 label_names: Mapping[str, int] | None = None, statistics: bool = True,
+                 outputs_complete: Callable[[Path, str, str, bool], bool] | None = None) -> None:
         self.output_dir = Path(output_dir)
+        self.outputs_complete = outputs_complete
         self.output_format = output_format
         self.preview = bool(preview)
         self.label_names = dict(label_names or {"kidney": 1, "tumor": 2})
@@ -317,7 +299,8 @@ class CohortRecorder:
     def is_complete(self, source: str) -> bool:
         """The case's outputs are complete (checked) and, with ``statistics``, its row was saved after them."""
         case = case_name(source)
-        if not case_outputs_complete(self.output_dir, case, self.output_format, self.preview):
+        if self.outputs_complete is None or not self.outputs_complete(self.output_dir, case, self.output_format,
+                                                                      self.preview):
             return False
         if not self.statistics:
             return True
