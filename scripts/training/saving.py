@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,6 +43,17 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _nbytes(obj) -> int:
+    """Bytes of the tensors in a (nested) checkpoint dict: about the size of its file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
 def save_synced(obj, path: str | os.PathLike, what: str = "checkpoint") -> None:
     """``torch.save(obj)`` to ``path`` atomically: temporary file beside it, flush + fsync, rename, folder fsync.
 
@@ -59,7 +71,9 @@ def save_synced(obj, path: str | os.PathLike, what: str = "checkpoint") -> None:
     try:
         atomic_write(path, write, suffix=TEMP_SUFFIX)
     except (OSError, RuntimeError) as exc:
-        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or "write failed" in str(exc)
+        # torch reports a short write as "unexpected pos ...": tell a full disk by the space left
+        needed, free = _nbytes(obj), shutil.disk_usage(path.parent).free if path.parent.is_dir() else -1
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or 0 <= free < needed + 2**20
         reason = "the disk is full" if full else (getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200])
         kept = "the previous one is kept" if path.exists() else "nothing was written"
         raise InputError(f"{path}: cannot save the {what} ({reason}); {kept}. Free space (or fix the folder), then run "
