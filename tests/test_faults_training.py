@@ -243,7 +243,7 @@ def test_disk_full_while_saving_keeps_the_previous_file(tmp_path):
         fill(disk, 64 * 1024)
         with pytest.raises(InputError) as info:
             save_synced({"model": {"w": torch.zeros(100_000)}}, disk / "model.pt", what="best model")  # 400 kB
-        assert f"{disk / 'model.pt'}: cannot save the best model (the disk is full); the previous one is kept" in \
+        assert f"{disk / 'model.pt'}: cannot save the best model (the disk is full); no earlier file was replaced" in \
             info.value.message
         assert (disk / "model.pt").read_bytes() == before
         assert sorted(p.name for p in disk.iterdir()) == ["filler", "model.pt"]  # the temporary file is removed
@@ -257,7 +257,7 @@ def test_disk_full_during_training_is_one_line_and_keeps_checkpoints(trained, ph
         before = digest(ckpt)
         fill(disk, 16 * 1024)  # the next checkpoint (about 100 kB) cannot be written
         result = train(phantom_dir, ckpt, tmp_path, epochs=2)
-        line = assert_one_line_error(result, "the disk is full", "the previous one is kept")
+        line = assert_one_line_error(result, "the disk is full", "no earlier file was replaced or removed")
         assert str(ckpt) in line
         assert digest(ckpt) == before  # model.pt and last_checkpoint_1.pt untouched, no temporary file left
 

@@ -75,9 +75,9 @@ def save_synced(obj, path: str | os.PathLike, what: str = "checkpoint") -> None:
         needed, free = _nbytes(obj), shutil.disk_usage(path.parent).free if path.parent.is_dir() else -1
         full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or 0 <= free < needed + 2**20
         reason = "the disk is full" if full else (getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200])
-        kept = "the previous one is kept" if path.exists() else "nothing was written"
-        raise InputError(f"{path}: cannot save the {what} ({reason}); {kept}. Free space (or fix the folder), then run "
-                         "the same command again to resume from the last checkpoint") from exc
+        raise InputError(f"{path}: cannot save the {what} ({reason}); no earlier file was replaced or removed. Free "
+                         "space (or fix the folder), then run the same command again to resume from the last checkpoint"
+                         ) from exc
     _fsync_folder(path.parent)
 
 
