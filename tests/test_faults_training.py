@@ -214,6 +214,24 @@ def test_best_model_ignores_nan_metrics_refuses_nan_weights_and_keeps_its_record
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left
 
 
+def test_nan_weights_are_never_saved_as_a_checkpoint(tmp_path):
+    """An optimizer step that overflows (finite loss, NaN weights afterwards) stops the run before the epoch's save."""
+    net = torch.nn.Linear(4, 2)
+
+    def step(engine, batch):
+        if engine.state.epoch == 2:
+            with torch.no_grad():
+                net.bias[1] = math.inf
+
+    trainer = Engine(step)
+    ResumableCheckpoint(str(tmp_path), {"model": net}).attach(trainer)
+    with pytest.raises(InputError, match=r"epoch 2: training diverged, the weights hold NaN/Inf \(bias\); refused to "
+                                         r"save last_checkpoint_2.pt"):
+        trainer.run([0], max_epochs=3)
+    assert [p.name for p in tmp_path.iterdir()] == ["last_checkpoint_1.pt"]
+    assert all_finite(torch.load(tmp_path / "last_checkpoint_1.pt", weights_only=True)["model"])
+
+
 @pytest.mark.slow
 def test_resume_keeps_the_best_model(trained, phantom_dir, tmp_path):
     """After a resume, a validation that is not better than the best before the crash leaves model.pt alone.
