@@ -156,7 +156,7 @@ def main() -> None:
     def loaded(path: Path) -> WPUNet:
         net = demo_net()
         checkpoint = torch.load(path, weights_only=True)
-        net.load_state_dict(checkpoint.get("model", checkpoint))  # CheckpointSaver writes a bare state dict
+        net.load_state_dict(checkpoint.get("model", checkpoint))  # {"model": ...}; older runs: a bare state dict
         return net
 
     models = {"dense": loaded(ckpt / "model.pt"), "unstructured_50": loaded(ckpt / "magnitude_kernels_global_0.5.pt"),

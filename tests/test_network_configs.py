@@ -54,9 +54,9 @@ def test_overlay_instantiates_network_and_names_weights(name, workflow):
     net = parser.get_parsed_content("network_def")
     assert type(net).__name__ == NETWORKS[name][0]
     expected = "model.pt" if name == "wp_unet" else f"model_{name}.pt"
-    if workflow == "train":  # the best model is saved by the validation's CheckpointSaver
-        index = [h["_target_"] for h in parser.get("validate#handlers")].index("CheckpointSaver")
-        assert parser.get_parsed_content(f"validate#handlers#{index}#key_metric_filename") == expected
+    if workflow == "train":  # the best model is saved by the validation's BestModelCheckpoint
+        assert "@validate#best_model" in [str(h).replace("::", "#") for h in parser.get("validate#handlers")]
+        assert parser.get_parsed_content("validate#best_model").path.name == expected
     else:
         assert parser.get_parsed_content("model_path").endswith("/" + expected)
     spatial_dims = 3 if name.endswith("_3d") else 2

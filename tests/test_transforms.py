@@ -42,7 +42,8 @@ def _ras_volume(shape=(16, 16, 20)):
 
 
 def test_hu_window_maps_kits_foreground_range_to_unit_interval():
-    window = _parser().get_parsed_content("deterministic_transforms")[5]
+    window = next(t for t in _parser().get_parsed_content("deterministic_transforms")
+                  if type(t).__name__ == "ScaleIntensityRanged")
     hu = torch.tensor([[[[-1000.0, -79.0, 112.5, 304.0, 2000.0]]]])
     out = window({"image": hu})["image"]
     assert torch.allclose(out.flatten(), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))

@@ -46,7 +46,7 @@ def test_train_and_inference_share_network_and_preprocessing():
     for key in ("hu_window", "slice_size", "keep_cyst", "num_classes"):
         assert train.get(key) == infer.get(key), key
     train_steps = [t for t in train.get_parsed_content("deterministic_transforms")
-                   if type(t).__name__ not in ("MapLabelValued",)]
+                   if type(t).__name__ not in ("CheckLabelValuesd", "MapLabelValued")]  # label-only steps
     infer_steps = list(infer.get_parsed_content("preprocessing").transforms)
     assert [type(t).__name__ for t in train_steps] == [type(t).__name__ for t in infer_steps]
     train_infer = train.get_parsed_content("validate#inferer")

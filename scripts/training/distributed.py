@@ -20,7 +20,8 @@ from ..common.errors import InputError
 __all__ = ["local_device", "init_process_group", "destroy_process_group", "rank_zero_handlers", "RANK_ZERO_ONLY"]
 
 # Handlers that write files or logs: kept on rank 0 only.
-RANK_ZERO_ONLY = ("StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "CheckpointSaver", "MetricsSaver")
+RANK_ZERO_ONLY = ("StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "CheckpointSaver", "MetricsSaver",
+                  "BestModelCheckpoint")
 
 
 def _local_rank() -> int:
