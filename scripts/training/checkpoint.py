@@ -27,6 +27,7 @@ from ignite.handlers import Checkpoint
 from torch import nn
 
 from ..common.errors import InputError
+from ..common.weights import torch_load_checked
 from .guards import check_finite_weights
 from .saving import SyncedDiskSaver, remove_stale_temps
 
@@ -127,8 +128,11 @@ class ResumableCheckpoint:
         damaged: list[tuple[Path, str]] = []
         for path in list_last_checkpoints(self.save_dir):
             try:
-                checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
-            except Exception as exc:  # truncated (zip), empty (EOF), not a checkpoint (unpickling)
+                checkpoint = torch_load_checked(path, self.map_location, what="training checkpoint", name=path.name)
+            except InputError as exc:  # truncated (zip), empty (EOF), not a checkpoint (unsafe pickle)
+                damaged.append((path, exc.message.split(": ", 1)[-1]))
+                continue
+            except Exception as exc:  # anything else torch raises on a foreign file
                 damaged.append((path, _first_line(exc)))
                 continue
             for bad, reason in damaged:
