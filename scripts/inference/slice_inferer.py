@@ -16,6 +16,7 @@ level cache would not survive) and redone when the weights change in place (para
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 
@@ -62,7 +63,9 @@ class FastSliceInferer(Inferer):
     def prepared(self, network, device: torch.device):
         """The network prepared for the fast path on ``device`` (cached on ``network``) and the path."""
         path = choose_fast_path(network, device, **self.options)
-        key = (path, str(device), _weights_version(network))
+        # plain values: MONAI Label re-imports ``scripts`` per request, so a FastPath of the previous import would
+        # never compare equal to this one (another class object)
+        key = (dataclasses.astuple(path), str(device), _weights_version(network))
         with _LOCK:
             cached = getattr(network, _CACHE_ATTR, None)
             if cached is not None and cached[0] == key:
