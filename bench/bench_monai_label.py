@@ -230,6 +230,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--networks", default="pocket_unet_2d,default", help="for the 512x512 CT")
+    parser.add_argument("--real-networks", default="default", help="for the real CT (../shared/data)")
     parser.add_argument("--quick", action="store_true", help="64 slices, Pocket U-Net 2D, one round, no docs")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
@@ -242,7 +243,8 @@ def main() -> None:
     cases = [bench_case(server_python, work, f"synthetic{args.slices}", ct, net, args.repeats)
              for net in args.networks.split(",")]
     if REAL_CT.exists() and not args.quick:
-        cases.append(bench_case(server_python, work, "real", REAL_CT, "default", args.repeats))
+        cases += [bench_case(server_python, work, "real", REAL_CT, net, args.repeats)
+                  for net in args.real_networks.split(",")]
     elif not REAL_CT.exists():
         print(f"real CT skipped: {REAL_CT} is absent", flush=True)
     date = time.strftime("%Y%m%d")

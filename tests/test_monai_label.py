@@ -52,7 +52,7 @@ import monailabel_env  # noqa: E402
 MODEL = "kidney_ct_wpunet"  # no deepedit/deepgrow/detection/classification: those switch MONAI Label's behaviour
 REAL_CT = SHARED_DATA / "totalseg_example" / "example_ct_sm.nii.gz"
 REAL_CT_CROP = "example_ct_kidneys.nii.gz"  # slices 5..14 of REAL_CT, in the studies folder
-BURST_CT = "example_ct_burst.nii.gz"  # slices 8..10 of REAL_CT
+BURST_CT = "example_ct_burst.nii.gz"  # slices 9..10 of REAL_CT
 CONCURRENT_REQUESTS = 20
 RSS_GROWTH_LIMIT_MB = 600  # above the idle server after one request; one request on the burst CT needs far less
 META = json.loads((BUNDLE_ROOT / "configs" / "metadata.json").read_text())
@@ -271,14 +271,15 @@ class Server:
         params = {k: v[0] if isinstance(v, list) else v for k, v in info["models"][MODEL]["config"].items()}
         return {**params, **SLICER_RESULT_PARAMS}
 
-    def infer(self, image_id: str, session_id: str | None = None, params: dict | None = None) -> tuple[dict, Path]:
+    def infer(self, image_id: str, session_id: str | None = None, params: dict | None = None,
+              timeout: float = INFER_TIMEOUT_S) -> tuple[dict, Path]:
         """POST /infer/<model> with the params the plugin builds from /info; returns (params, label file)."""
         params = dict(params) if params is not None else self.slicer_params()
         query = f"/infer/{MODEL}?image={urllib.parse.quote_plus(image_id)}"
         if session_id:
             query += f"&session_id={urllib.parse.quote_plus(session_id)}"
         body, ctype = _multipart({"params": json.dumps(params)}, {})
-        status, headers, content = self.request("POST", query, body, ctype, timeout=INFER_TIMEOUT_S)
+        status, headers, content = self.request("POST", query, body, ctype, timeout=timeout)
         assert status == 200, f"POST {query}: HTTP {status} {content[:500]!r}\n{self.log_tail()}"
         reply_type = next(v for k, v in headers.items() if k.lower() == "content-type")
         message = email.message_from_bytes(f"Content-Type: {reply_type}\r\n\r\n".encode() + content)
@@ -471,7 +472,7 @@ def server(server_python, tmp_path_factory) -> Server:
     studies = root / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
     nib.save(nib.load(REAL_CT).slicer[:, :, 5:15], studies / REAL_CT_CROP)
-    nib.save(nib.load(REAL_CT).slicer[:, :, 8:11], studies / BURST_CT)  # 3 slices: the concurrency test's study
+    nib.save(nib.load(REAL_CT).slicer[:, :, 9:11], studies / BURST_CT)  # 2 slices: the concurrency test's study
     # two labelled SYNTHETIC phantoms in the datastore: what /train learns from (one train, one validation)
     for name, seed, kits in (("phantom_train_a", 11, True), ("phantom_train_b", 12, False)):
         image, label = _write_phantom(root / "datastore_src", name, seed, kits)
@@ -648,7 +649,9 @@ def test_concurrent_infer_requests_all_answer_correctly_in_bounded_memory(server
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS + 1) as pool:
         sampler = pool.submit(sample)
-        results = list(pool.map(lambda _: server.infer(study, params=params), range(CONCURRENT_REQUESTS)))
+        # queued one after the other: the last answer waits for all the others (hence the long client timeout)
+        results = list(pool.map(lambda _: server.infer(study, params=params, timeout=TRAIN_TIMEOUT_S * 3),
+                                range(CONCURRENT_REQUESTS)))
         done.append(True)
         sampler.result()
     wall = time.monotonic() - start
