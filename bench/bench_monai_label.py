@@ -195,12 +195,14 @@ def bench_case(server_python: Path, work: Path, name: str, ct: Path, network: st
                   f"{cli['process_s']:.2f} s (peak {cli['peak_rss_mb']:.0f} MB), load {load_average()}", flush=True)
     finally:
         server.stop()
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    from statistics import median as med
+
     server_s = med([r["monai_label"]["server_s"] for r in rounds])
     cli_s = med([r["run_inferring"]["process_s"] for r in rounds])
     return {"case": name, "shape": list(nib.load(ct).shape), "network": network, "rounds": rounds,
             "median_server_s": server_s, "median_client_s": med([r["monai_label"]["client_s"] for r in rounds]),
             "median_run_inferring_s": cli_s, "ratio": server_s / cli_s,
+            "round_ratios": [r["monai_label"]["server_s"] / r["run_inferring"]["process_s"] for r in rounds],
             "server_rss_growth_mb": max(r["monai_label"]["rss_peak_mb"] - r["monai_label"]["rss_idle_mb"]
                                         for r in rounds),
             "run_inferring_peak_rss_mb": max(r["run_inferring"]["peak_rss_mb"] or 0 for r in rounds)}
@@ -208,21 +210,43 @@ def bench_case(server_python: Path, work: Path, name: str, ct: Path, network: st
 
 def render(result: dict) -> str:
     m = result["machine"]
+    loads = [r["load"][0] for c in result["cases"] for r in c["rounds"]]
     lines = [f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores, {', '.join(m['simd'][:4])}...; "
              f"bf16 native: {m['bf16_native']}), commit {m['commit']}. **The machine was shared with other "
-             "engineers' jobs during this run** (load averages per round in the JSON, "
+             f"engineers' jobs during this run** (1-minute load average {min(loads):.1f}-{max(loads):.1f} on "
+             f"{m['cores']} cores; per round in the JSON, "
              f"`{result['json']}`): absolute times are noisy; the two columns of a row were measured "
              "alternately in the same minutes. Random seeded weights (time depends on shapes, not values).", "",
              "| CT | network | MONAI Label `/infer`, server side (s) | client wall (s) | `run inferring` process (s) "
-             "| ratio | server RSS growth (MB) | `run inferring` peak RSS (MB) |",
+             "| ratio (per round) | server RSS growth (MB) | `run inferring` peak RSS (MB) |",
              "|---|---|---|---|---|---|---|---|"]
     for c in result["cases"]:
         lines.append(f"| {c['case']} {'x'.join(map(str, c['shape']))} | {c['network']} | {c['median_server_s']:.1f} "
                      f"| {c['median_client_s']:.1f} | {c['median_run_inferring_s']:.1f} | **{c['ratio']:.2f}x** "
+                     f"({', '.join(f'{x:.2f}' for x in c['round_ratios'])}) "
                      f"| {c['server_rss_growth_mb']:.0f} | {c['run_inferring_peak_rss_mb']:.0f} |")
     lines += ["", f"Medians of {result['repeats']} rounds after one warm-up request. "
               "`bench/bench_monai_label.py`; the ratio is server side / whole process (the issue's target: 1.2x)."]
     return "\n".join(lines)
+
+
+def rerender(json_path: Path) -> None:
+    """Recompute the medians of a results file and rewrite it and the docs block (no new measurement)."""
+    from statistics import median
+
+    from scripts.common.atomic import atomic_write_text, replace_marked_block
+
+    result = json.loads(json_path.read_text())
+    for c in result["cases"]:
+        rounds = c["rounds"]
+        c["median_server_s"] = median(r["monai_label"]["server_s"] for r in rounds)
+        c["median_client_s"] = median(r["monai_label"]["client_s"] for r in rounds)
+        c["median_run_inferring_s"] = median(r["run_inferring"]["process_s"] for r in rounds)
+        c["ratio"] = c["median_server_s"] / c["median_run_inferring_s"]
+        c["round_ratios"] = [r["monai_label"]["server_s"] / r["run_inferring"]["process_s"] for r in rounds]
+    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    replace_marked_block(REPO / "docs" / "performance.md", "<!-- bench_monai_label:begin -->",
+                         "<!-- bench_monai_label:end -->", render(result))
 
 
 def main() -> None:
@@ -233,7 +257,10 @@ def main() -> None:
     parser.add_argument("--real-networks", default="default", help="for the real CT (../shared/data)")
     parser.add_argument("--quick", action="store_true", help="64 slices, Pocket U-Net 2D, one round, no docs")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--rerender", type=Path, default=None, help="only recompute the table of a results JSON")
     args = parser.parse_args()
+    if args.rerender:
+        return rerender(args.rerender)
     if args.quick:
         args.slices, args.repeats, args.networks = 64, 1, "pocket_unet_2d"
     server_python = monailabel_env.ensure_env(log=lambda msg: print(msg, file=sys.stderr))
