@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--test-dir", type=Path, default=REPO / "demo_output" / "data" / "test")
     parser.add_argument("--weights", type=Path, default=REPO / "models" / "model.pt")
     parser.add_argument("--pruned", type=Path, default=REPO / "models" / "model_pruned.pt")
-    parser.add_argument("--channel", type=Path, default=REPO / "models" / "model_structured.pt",
+    parser.add_argument("--channel", type=Path, default=REPO / "models" / "derived" / "model_structured.pt",
                         help="channel-pruned demo model (run pruning_structured with configs/demo.json)")
     parser.add_argument("--max-cases", type=int, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "dice_variants.json")

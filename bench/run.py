@@ -411,7 +411,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=200, help="slices of the end-to-end CT (512x512)")
     parser.add_argument("--memory-slices", type=int, nargs="*", default=[200, 500, 1000])
     parser.add_argument("--memory-storage", nargs="*", default=["kits", "ras"], choices=["kits", "ras"])
-    parser.add_argument("--channel-model", type=Path, default=REPO / "models" / "model_structured.pt",
+    parser.add_argument("--channel-model", type=Path, default=REPO / "models" / "derived" / "model_structured.pt",
                         help="channel-pruned DEMO model for the Dice table, if present")
     parser.add_argument("--no-dice", action="store_true")
     parser.add_argument("--no-docs", action="store_true")

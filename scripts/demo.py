@@ -141,7 +141,7 @@ def _write_report(out: Path, summary: dict, timings: dict, case: Path, models: P
         "",
         "Where things are:",
         f"- weights (synthetic demo, narrow network of {DEMO_OVERLAY}): {models / 'model.pt'}; "
-        f"pruned: model_pruned.pt, model_pruned.sparse.pt beside it",
+        f"pruned: model_pruned.pt beside it, derived/model_pruned.sparse.pt",
         f"- per-case metrics: {out / 'evaluation' / 'metrics_per_case.csv'}",
         f"- segmentation of {case.name}: {out / 'inference' / (case.name + '.nii.gz')} "
         f"(volumes: {case.name}_volumes.json); open it over {case / 'imaging.nii.gz'} in 3D Slicer or ITK-SNAP",

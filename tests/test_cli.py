@@ -123,10 +123,10 @@ def test_fast_picks_the_network_that_has_weights(captured, capsys, monkeypatch, 
     code, _, _ = captured("-i", "in", "-o", "out", "--fast")
     err = capsys.readouterr().err
     assert code == 2 and "--fast: no weights for a fast network" in err and "model_pocket_unet_2d.pt" in err
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "model_structured.pt").write_bytes(b"x")
+    (tmp_path / "models" / "derived").mkdir(parents=True)
+    (tmp_path / "models" / "derived" / "model_structured.pt").write_bytes(b"x")
     _, configs, overrides = captured("-i", "in", "-o", "out", "--fast")
-    assert configs[-1].name == "structured.json" and overrides["model_path"].endswith("model_structured.pt")
+    assert configs[-1].name == "structured.json" and overrides["model_path"].endswith("derived/model_structured.pt")
     (tmp_path / "models" / "model_pocket_unet_2d.pt").write_bytes(b"x")
     _, configs, overrides = captured("-i", "in", "-o", "out", "--fast")
     assert configs[-1].name == "pocket_unet_2d.json" and overrides["model_path"].endswith("model_pocket_unet_2d.pt")

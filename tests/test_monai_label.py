@@ -52,6 +52,9 @@ import monailabel_env  # noqa: E402
 MODEL = "kidney_ct_wpunet"  # no deepedit/deepgrow/detection/classification: those switch MONAI Label's behaviour
 REAL_CT = SHARED_DATA / "totalseg_example" / "example_ct_sm.nii.gz"
 REAL_CT_CROP = "example_ct_kidneys.nii.gz"  # slices 5..14 of REAL_CT, in the studies folder
+BURST_CT = "example_ct_burst.nii.gz"  # slices 9..10 of REAL_CT
+CONCURRENT_REQUESTS = 20
+RSS_GROWTH_LIMIT_MB = 600  # above the idle server after one request; one request on the burst CT needs far less
 META = json.loads((BUNDLE_ROOT / "configs" / "metadata.json").read_text())
 CHANNEL_DEF = META["network_data_format"]["outputs"]["pred"]["channel_def"]
 EXPECTED_LABELS = {name.lower(): int(value) for value, name in CHANNEL_DEF.items() if name.lower() != "background"}
@@ -132,6 +135,78 @@ def test_lazy_datalist_reads_the_dataset_only_when_used(tmp_path, phantom_dir):
     assert dict(lazy) == load_datalist(str(phantom_dir), "", 0, 2, 0)
 
 
+def _monai_label_model_list(bundle: Path) -> list[str]:
+    """The ``model_filename`` options MONAI Label 0.8.5 offers (``BundleInferTask.__init__`` and
+    ``BundleTrainTask.config``: ``glob(<bundle>/models/*.pt)``, base names, sorted by length)."""
+    return sorted((p.name for p in (bundle / "models").glob("*.pt")), key=len)
+
+
+def _derived_output_paths(bundle_root: Path) -> dict[str, Path]:
+    """Where the bundle's workflows write weights MONAI Label must not offer (resolved from the configs)."""
+    def resolve(files, key, **overrides):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE_ROOT / "configs" / f) for f in files])
+        parser["bundle_root"] = str(bundle_root)
+        for k, v in overrides.items():
+            parser[k] = v
+        return Path(parser.get_parsed_content(key))
+
+    prune = ["train.json", "prune.json"]
+    return {"sparse": resolve(prune, "sparse_model_path"), "structured": resolve(prune, "structured_model_path"),
+            "structured_overlay": resolve(["inference.json", "structured.json"], "model_path"),
+            "onnx": resolve(["inference.json"], "onnx_path"),
+            "partitions": resolve(["inference.json", "inference_partitioned.json"], "partitions_dir")}
+
+
+def test_derived_weights_are_not_in_monai_label_model_list(tmp_path):
+    """Sparse, channel-pruned, ONNX and partition files land where ``models/*.pt`` does not reach; the
+    channel-pruned model the structured overlay reads is the one ``run pruning_structured`` writes."""
+    paths = _derived_output_paths(tmp_path)
+    models = tmp_path / "models"
+    for name, path in paths.items():
+        assert not (path.parent == models and path.suffix == ".pt"), f"{name}: {path} would be offered by MONAI Label"
+        if name != "partitions":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+    assert paths["structured"] == paths["structured_overlay"]
+    assert _monai_label_model_list(tmp_path) == []
+
+
+def test_finished_training_run_is_not_resumed(tmp_path):
+    """A request for N epochs after a run that reached N starts afresh; a crashed (shorter) run is resumed."""
+    from ignite.engine import Engine, Events
+
+    from scripts.training.checkpoint import find_last_checkpoint
+    from scripts.training.handlers import StartFreshAfterFinishedRun
+
+    def start(max_epochs: int) -> None:
+        engine = Engine(lambda e, b: None)
+        StartFreshAfterFinishedRun(tmp_path).attach(engine)
+        engine.add_event_handler(Events.STARTED, lambda e: e.terminate())
+        engine.run([0], max_epochs=max_epochs)
+
+    torch.save({"model": {}}, tmp_path / "last_checkpoint_2.pt")
+    (tmp_path / "model.pt").write_bytes(b"best")
+    start(max_epochs=5)  # 2 of 5 epochs: an interrupted run, kept for ResumableCheckpoint
+    assert find_last_checkpoint(tmp_path) == tmp_path / "last_checkpoint_2.pt"
+    start(max_epochs=2)  # finished: the next request is a new run
+    assert find_last_checkpoint(tmp_path) is None
+    assert (tmp_path / "model.pt").read_bytes() == b"best"
+
+
+def test_slicer_option_switches_the_largest_component_filter():
+    """``displayable_configs`` is what MONAI Label shows in Slicer; it writes the request's values back into the
+    config and re-parses (``BundleInferTask.pre_transforms``), so the option must reach ``postprocessing``."""
+    parser = _inference_parser()
+    options = parser.get_parsed_content("displayable_configs")
+    assert options == {"keep_largest_components": True}
+    names = lambda: [type(t).__name__ for t in parser.get_parsed_content("postprocessing").transforms]  # noqa: E731
+    assert "KeepLargestConnectedComponentd" in names()
+    parser["displayable_configs"].update({"keep_largest_components": False})
+    parser.parse()
+    assert "KeepLargestConnectedComponentd" not in names()
+
+
 def _write_small_ct() -> str:
     from scripts.synthetic.phantoms import generate_phantom
 
@@ -190,16 +265,21 @@ class Server:
         assert status == 200, f"PUT /session/: HTTP {status} {content[:500]!r}\n{self.log_tail()}"
         return json.loads(content)["session_id"]
 
-    def infer(self, image_id: str, session_id: str | None = None) -> tuple[dict, Path]:
-        """POST /infer/<model> with the params the plugin builds from /info; returns (params, label file)."""
+    def slicer_params(self) -> dict:
+        """The params the plugin builds from /info (first value of every option) plus the result format."""
         info = self.json("GET", "/info/")
         params = {k: v[0] if isinstance(v, list) else v for k, v in info["models"][MODEL]["config"].items()}
-        params.update(SLICER_RESULT_PARAMS)
+        return {**params, **SLICER_RESULT_PARAMS}
+
+    def infer(self, image_id: str, session_id: str | None = None, params: dict | None = None,
+              timeout: float = INFER_TIMEOUT_S) -> tuple[dict, Path]:
+        """POST /infer/<model> with the params the plugin builds from /info; returns (params, label file)."""
+        params = dict(params) if params is not None else self.slicer_params()
         query = f"/infer/{MODEL}?image={urllib.parse.quote_plus(image_id)}"
         if session_id:
             query += f"&session_id={urllib.parse.quote_plus(session_id)}"
         body, ctype = _multipart({"params": json.dumps(params)}, {})
-        status, headers, content = self.request("POST", query, body, ctype, timeout=INFER_TIMEOUT_S)
+        status, headers, content = self.request("POST", query, body, ctype, timeout=timeout)
         assert status == 200, f"POST {query}: HTTP {status} {content[:500]!r}\n{self.log_tail()}"
         reply_type = next(v for k, v in headers.items() if k.lower() == "content-type")
         message = email.message_from_bytes(f"Content-Type: {reply_type}\r\n\r\n".encode() + content)
@@ -298,6 +378,34 @@ def _planted_weights(bundle: Path, calibration_image: Path, seed: int = 0) -> di
     return net.state_dict()
 
 
+def _write_derived_weights(bundle: Path, planted: dict) -> None:
+    """Everything the bundle's workflows put next to ``models/model.pt``, at the paths the configs give: the
+    magnitude-pruned dense model (loadable), its sparse file, a channel-pruned model (other shapes), an ONNX file
+    and a partition (what ``run pruning``, ``run pruning_structured``, the ONNX export and UNet-P write)."""
+    from scripts.pruning.storage import save_checkpoint, save_sparse_state_dict
+
+    pruned = {k: torch.where(v.abs() < v.abs().flatten().median(), 0, v) if v.is_floating_point() and v.ndim > 1
+              else v for k, v in planted.items()}
+    torch.save({"model": pruned}, bundle / "models" / "model_pruned.pt")
+    paths = _derived_output_paths(bundle)
+    save_sparse_state_dict(pruned, paths["sparse"])
+    parser = _inference_parser(bundle)
+    parser["device"] = "cpu"
+    parser["network_def#channels"] = [c // 2 for c in parser["network_def"]["channels"]]
+    save_checkpoint(parser.get_parsed_content("network_def").state_dict(), paths["structured"])
+    paths["onnx"].write_bytes(b"not a torch file")
+    paths["partitions"].mkdir(parents=True)
+    (paths["partitions"] / "model_part1of2.ts").write_bytes(b"not a torch file")
+
+
+def _server_rss_mb(pid: int) -> float:
+    """Resident memory of the server process (``VmRSS``), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def _read(path: Path) -> tuple[np.ndarray, tuple]:
     """Voxels (ITK index order) and geometry (size, spacing, origin, direction) as ITK (3D Slicer) sees them."""
     img = itk.imread(str(path))
@@ -315,14 +423,11 @@ def _assert_same_geometry(result: Path, study: Path) -> None:
 
 
 def _bundle_own_inference(bundle: Path, image: Path, weights: Path, out: Path) -> np.ndarray:
-    """The bundle's own ``run inferring`` (this repository's environment) on ``image`` with ``weights``.
-
-    On the plain fp32 path, the arithmetic MONAI Label runs: the planted weights are random with a calibrated bias,
-    so many pixels sit on a decision boundary that bf16 rounding would move (trained weights agree on 99.99 %).
-    """
+    """The bundle's own ``run inferring`` (this repository's environment) on ``image`` with ``weights``, with the
+    same settings as the server: the default fast path (``auto``), which MONAI Label's ``inferer`` now uses too."""
     args = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file",
             str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle), "--input_path", str(image),
-            "--output_dir", str(out), "--model_path", str(weights), "--precision", "fp32", "--channels_last", "False"]
+            "--output_dir", str(out), "--model_path", str(weights)]
     env = {**os.environ, "PYTHONPATH": str(bundle), "THP_MEM_ALLOC_ENABLE": "1"}
     done = subprocess.run(args, cwd=bundle, env=env, capture_output=True, text=True, timeout=INFER_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -367,6 +472,7 @@ def server(server_python, tmp_path_factory) -> Server:
     studies = root / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
     nib.save(nib.load(REAL_CT).slicer[:, :, 5:15], studies / REAL_CT_CROP)
+    nib.save(nib.load(REAL_CT).slicer[:, :, 9:11], studies / BURST_CT)  # 2 slices: the concurrency test's study
     # two labelled SYNTHETIC phantoms in the datastore: what /train learns from (one train, one validation)
     for name, seed, kits in (("phantom_train_a", 11, True), ("phantom_train_b", 12, False)):
         image, label = _write_phantom(root / "datastore_src", name, seed, kits)
@@ -376,7 +482,9 @@ def server(server_python, tmp_path_factory) -> Server:
     local_image, _ = _write_phantom(root / "local", "local_phantom", 21, kits_storage=True)
 
     (bundle / "models").mkdir()
-    torch.save({"model": _planted_weights(bundle, local_image)}, bundle / "models" / "model.pt")
+    planted = _planted_weights(bundle, local_image)
+    torch.save({"model": planted}, bundle / "models" / "model.pt")
+    _write_derived_weights(bundle, planted)
 
     log = root / "server.log"
     port = _free_port()
@@ -441,6 +549,24 @@ def test_weights_file_keys_equal_the_network_keys(server):
 
 
 @pytestmark_server
+def test_model_list_offers_only_loadable_weights(server):
+    """Every ``model_filename`` offered (infer and train) loads into the served ``network_def`` with equal keys
+    and shapes; the sparse and channel-pruned files, the ONNX file and the partitions are not offered."""
+    info = server.json("GET", "/info/")
+    offered = info["models"][MODEL]["config"]["model_filename"]
+    assert offered == ["model.pt", "model_pruned.pt"], offered
+    assert info["trainers"][MODEL]["config"]["model_filename"] == offered
+    parser = _inference_parser(server.bundle)
+    parser["device"] = "cpu"
+    network = parser.get_parsed_content("network_def")
+    for name in offered:
+        checkpoint = torch.load(server.bundle / "models" / name, map_location="cpu", weights_only=True)
+        network.load_state_dict(checkpoint.get("model", checkpoint), strict=True)
+    for name, path in _derived_output_paths(server.bundle).items():
+        assert path.exists(), f"{name}: the fixture did not write {path}"
+
+
+@pytestmark_server
 def test_infer_on_real_ct_returns_labels_in_the_study_geometry(server):
     params, label_file = server.infer(REAL_CT_CROP.split(".")[0])
     assert params["label_names"] == EXPECTED_LABELS
@@ -494,3 +620,66 @@ def test_train_rewrites_the_weights_and_the_next_infer_uses_them(server, referen
     served_after, _ = _read(label_file)
     agreement = (served_after == own_after).mean()
     assert agreement >= 0.999, f"after /train the server disagrees with the new weights on {1 - agreement:.2%}"
+
+
+@pytestmark_server
+def test_concurrent_infer_requests_all_answer_correctly_in_bounded_memory(server):
+    """20 requests at once from 127.0.0.1, as 20 Slicer users pressing "Auto segment": every answer is HTTP 200
+    with the same label map as a request alone, the server survives, and its memory does not grow with the queue.
+
+    MONAI Label 0.8.5's ``/infer`` endpoint is ``async`` and runs the task synchronously (with the default
+    ``MONAI_LABEL_INFER_CONCURRENCY=-1`` in the event loop itself; a thread pool set by that variable is awaited
+    synchronously too), so one server process runs one inference at a time and queues the rest: memory stays at one
+    request's, latency grows with the queue (docs/README.md, "Use it from 3D Slicer").
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    params = server.slicer_params()
+    study = BURST_CT.split(".")[0]
+    _, alone_file = server.infer(study, params=params)
+    alone, _ = _read(alone_file)
+    baseline = _server_rss_mb(server.proc.pid)
+    samples, done = [baseline], []
+
+    def sample() -> None:
+        while not done:
+            samples.append(_server_rss_mb(server.proc.pid))
+            time.sleep(0.1)
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS + 1) as pool:
+        sampler = pool.submit(sample)
+        # queued one after the other: the last answer waits for all the others (hence the long client timeout)
+        results = list(pool.map(lambda _: server.infer(study, params=params, timeout=TRAIN_TIMEOUT_S * 3),
+                                range(CONCURRENT_REQUESTS)))
+        done.append(True)
+        sampler.result()
+    wall = time.monotonic() - start
+    assert server.proc.poll() is None, f"server died\n{server.log_tail()}"
+    for result_params, label_file in results:
+        voxels, _ = _read(label_file)
+        assert np.array_equal(voxels, alone), "a concurrent answer differs from the answer alone"
+        assert result_params["label_names"] == EXPECTED_LABELS
+    server_total = sum(r[0]["latencies"]["total"] for r in results)
+    peak = max(samples)
+    print(f"[concurrency] {CONCURRENT_REQUESTS} requests in {wall:.1f} s wall, server-side sum {server_total:.1f} s "
+          f"(ratio {server_total / wall:.2f}: 1.0 = one at a time); RSS {baseline:.0f} MB idle, peak {peak:.0f} MB")
+    assert peak - baseline < RSS_GROWTH_LIMIT_MB, f"server memory grew {peak - baseline:.0f} MB under load"
+
+
+@pytestmark_server
+def test_second_train_starts_a_new_run(server, reference):
+    """A second "Train" with the same epochs after a finished one is a new run, not a resume of its checkpoint."""
+    if "planted_map" not in reference:
+        pytest.skip("needs test_infer_on_uploaded_volume_uses_the_bundle_weights")
+    overrides = {"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False}
+    if not list((server.bundle / "models").glob("last_checkpoint_*.pt")):  # no finished run yet: make one
+        first = server.train(overrides)
+        assert first["status"] == "DONE", f"{first}\n{server.log_tail()}"
+    assert list((server.bundle / "models").glob("last_checkpoint_*.pt")), "the finished run left no checkpoint"
+    log_before = server.log.read_text(errors="replace")
+    second = server.train(overrides)
+    assert second["status"] == "DONE", f"{second}\n{server.log_tail()}"
+    log = server.log.read_text(errors="replace")[len(log_before):]
+    assert "starting a new run" in log, log[-3000:]
+    assert "resumed training from" not in log, log[-3000:]

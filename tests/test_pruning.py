@@ -320,7 +320,7 @@ def test_pruning_workflow_end_to_end(phantom_dir, tiny_weights, tmp_path):
     assert report["nonzero_params"] < report["params_before"]["nonzero_params"]
     assert "after_finetuning" in (result.stdout + result.stderr)  # the table in the log
     dense = torch.load(ckpt / "model_pruned.pt", weights_only=True)["model"]
-    sparse = load_sparse_state_dict(ckpt / "model_pruned.sparse.pt")
+    sparse = load_sparse_state_dict(ckpt / "derived" / "model_pruned.sparse.pt")
     assert all(torch.equal(sparse[k], v) for k, v in dense.items())
     assert report["file_sizes_bytes"]["sparse"] < report["file_sizes_bytes"]["dense"]
     assert torch.equal(torch.load(ckpt / "model.pt", weights_only=True)["model"]["decoder.head.weight"],
@@ -392,7 +392,7 @@ def test_structured_pruning_workflow_and_inference(phantom_dir, tiny_weights, tm
         assert shapes["decoder.head.weight"] == [3, 2, 1, 1]
     out = tmp_path / "inference"
     result = run_bundle("inferring", [INFERENCE, STRUCTURED], input_path=str(phantom_dir / "case_00001"),
-                     output_dir=str(out), model_path=str(ckpt / "model_structured.pt"))
+                     output_dir=str(out), model_path=str(ckpt / "derived" / "model_structured.pt"))
     assert result.returncode == 0, result.stderr[-3000:]
     _check_segmentations(out, phantom_dir, ["case_00001"])
 

@@ -48,17 +48,22 @@ def test_train_and_inference_share_network_and_preprocessing():
     train_steps = [t for t in train.get_parsed_content("deterministic_transforms")
                    if type(t).__name__ not in ("CheckLabelValuesd", "MapLabelValued")]  # label-only steps
     infer_steps = list(infer.get_parsed_content("preprocessing").transforms)
-    assert [type(t).__name__ for t in train_steps] == [type(t).__name__ for t in infer_steps]
+    # inference computes the HU window + resize in one slice-batch step (issue 19): the same two MONAI steps of train
+    pair = ["ScaleIntensityRanged", "Resized"]
+    train_names = [type(t).__name__ for t in train_steps]
+    at = train_names.index("ScaleIntensityRanged")
+    assert train_names[at:at + 2] == pair
+    assert (train_names[:at] + ["WindowAndResized"] + train_names[at + 2:]
+            == [type(t).__name__ for t in infer_steps])
     train_infer = train.get_parsed_content("validate#inferer")
     infer_inferer = infer.get_parsed_content("inferer")
-    assert (train_infer.roi_size, train_infer.spatial_dim) == (infer_inferer.roi_size, infer_inferer.spatial_dim)
+    assert train_infer.spatial_dim == infer_inferer.spatial_dim
     # the HU window and resize reach the instantiated transforms with the same values
-    for name in ("ScaleIntensityRanged", "Resized"):
-        t_train = next(t for t in train_steps if type(t).__name__ == name)
-        t_infer = next(t for t in infer_steps if type(t).__name__ == name)
-        inner_train = getattr(t_train, "scaler", None) or getattr(t_train, "resizer", None)
-        inner_infer = getattr(t_infer, "scaler", None) or getattr(t_infer, "resizer", None)
-        assert vars(inner_train) == vars(inner_infer) or repr(vars(inner_train)) == repr(vars(inner_infer)), name
+    scaler, resizer = train_steps[at].scaler, train_steps[at + 1].resizer
+    window = next(t for t in infer_steps if type(t).__name__ == "WindowAndResized")
+    assert (scaler.a_min, scaler.a_max, scaler.b_min, scaler.b_max, scaler.clip) == (*window.hu_window, 0.0, 1.0, True)
+    assert tuple(resizer.spatial_size[:2]) == window.slice_size == tuple(train_infer.roi_size)
+    assert train_steps[at + 1].mode[0] == "area"
 
 
 def test_metadata_labels_match_configs_and_schema():

@@ -19,7 +19,7 @@ __all__ = ["check_network", "check_config_files", "check_run_id", "check_weights
 # (overlay files, default weights name, what it is): the fast choices of ``--fast``, the first with weights wins
 FAST_NETWORKS = (
     (("networks/pocket_unet_2d.json",), "model_pocket_unet_2d", "Pocket U-Net 2D"),
-    (("structured.json",), "model_structured", "channel-pruned WP-UNet"),
+    (("structured.json",), "derived/model_structured", "channel-pruned WP-UNet"),
 )
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
 
 from monai.handlers import from_engine
 
-__all__ = ["from_engine_channel", "ValidateAtEnd"]
+from .checkpoint import find_last_checkpoint
+
+__all__ = ["from_engine_channel", "ValidateAtEnd", "StartFreshAfterFinishedRun"]
+
+logger = logging.getLogger(__name__)
 
 
 def from_engine_channel(keys: Sequence[str], channel: int) -> Callable:
@@ -39,3 +45,38 @@ class ValidateAtEnd:
     def __call__(self, engine) -> None:
         if engine.state.epoch % self.interval != 0:
             self.validator.run(engine.state.epoch)
+
+
+class StartFreshAfterFinishedRun:
+    """A finished run is not resumed: a new training request starts a new run (issue 19, "Train" in 3D Slicer).
+
+    ``ResumableCheckpoint`` resumes from the newest ``last_checkpoint_N.pt`` of ``save_dir`` (N = epochs done).
+    When the trainer starts and N is at least the epochs now requested, that run finished (its result is
+    ``model.pt``): its checkpoints are deleted before ``ResumableCheckpoint`` looks, so the run starts at epoch 0
+    with a fresh optimizer (MONAI Label's "pretrained" option still starts it from ``model.pt``). A checkpoint with
+    fewer epochs (a crash, or more epochs requested to extend a run) is resumed as before. Attach it before
+    ``ResumableCheckpoint``; rank 0 deletes and every rank waits for it, so all ranks decide alike.
+    """
+
+    def __init__(self, save_dir: str | os.PathLike) -> None:
+        self.save_dir = save_dir
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine) -> None:
+        import ignite.distributed as idist
+
+        newest = find_last_checkpoint(self.save_dir)
+        max_epochs = engine.state.max_epochs
+        if newest is None or max_epochs is None or int(newest.stem.rsplit("_", 1)[1]) < max_epochs:
+            return
+        if idist.get_rank() == 0:
+            prefix = newest.stem.rsplit("_", 1)[0]  # last_checkpoint
+            for path in newest.parent.glob(f"{prefix}_*.pt"):
+                if path.stem.rsplit("_", 1)[1].isdigit():
+                    path.unlink(missing_ok=True)
+        idist.barrier()
+        logger.info("%s is a finished run (%d epochs requested): starting a new run", newest, max_epochs)
