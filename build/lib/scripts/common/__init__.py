@@ -1,1 +1,0 @@
-"""Errors (one-line ``InputError``), atomic writes and argument checks. Imports nothing else of ``scripts``."""
