@@ -242,3 +242,23 @@ def test_fold_runner_trains_each_fold_in_its_own_folder_and_publishes_model_fold
         assert len(calls) == 3, "finished folds are not retrained"
     finally:
         folds.subprocess.run = original
+
+
+@pytest.mark.slow
+def test_two_process_gloo_training_from_the_cache(phantom_dir, tmp_path):
+    """configs/multi_gpu_train.json with --cache_dir: rank 0 builds the cache, the DistributedSampler splits the
+    slices, one epoch trains and validates on the cached volumes (CPU, gloo)."""
+    configs = str([str(BUNDLE_ROOT / "configs" / "train.json"), str(BUNDLE_ROOT / "configs" / "multi_gpu_train.json")])
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29651",
+            "-m", "monai.bundle", "run", "training", "--config_file", configs, "--bundle_root", str(BUNDLE_ROOT),
+            "--dataset_dir", str(phantom_dir), "--num_folds", "2", "--cache_dir", str(tmp_path / "cache"),
+            "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "train"), "--epochs", "1",
+            "--num_workers", "0", "--preprocessing_workers", "0", "--progress_bar", "False",
+            *sum(([f"--{k}", json.dumps(v)] for k, v in {**TINY_OVERRIDES, "slice_size": SLICE}.items()), [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(args, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=900, env=env)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["last_checkpoint_1.pt", "model.pt"]
+    assert log.count("Epoch[1] Metrics") == 1
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.npy")) == [f"case_{i:05d}.npy" for i in range(4)]
