@@ -38,7 +38,7 @@ from ..common.atomic import atomic_write, atomic_write_text
 from ..common.errors import InputError
 from .layout import case_name
 
-__all__ = ["CACHE_VERSION", "SliceCache", "file_stamp", "file_hash", "quantise", "dequantise"]
+__all__ = ["CACHE_VERSION", "SliceCache", "no_cache_dir", "file_stamp", "file_hash", "quantise", "dequantise"]
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +202,10 @@ class SliceCache:
             return index if torch.distributed.get_rank() == 0 else self._build(items, build=False)
         return self._build(items)
 
+    def build_split(self, split: Mapping[str, Sequence[Mapping]]) -> dict:
+        """:meth:`build` for every case of a training/validation split (``run preprocessing``: all folds at once)."""
+        return self.build([item for items in split.values() for item in items])
+
     def _build(self, items: Sequence[Mapping], build: bool = True) -> dict:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         if build:
@@ -250,6 +254,12 @@ class SliceCache:
         if index.get("version") != CACHE_VERSION or index.get("settings") != self.settings:
             index = {"version": CACHE_VERSION, "settings": self.settings, "cases": {}}
         return index
+
+
+def no_cache_dir() -> None:
+    """``run preprocessing`` without ``--cache_dir``: say so. A warning, not an error: MONAI Label resolves every id of
+    train.json (run id ``""``), this one included, and must not fail on it."""
+    logger.warning("run preprocessing: no --cache_dir given, nothing preprocessed (pass --cache_dir DIR)")
 
 
 def class_slices(labels: np.ndarray, num_classes: int) -> dict:
