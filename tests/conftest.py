@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,3 +74,19 @@ def tiny_weights(tmp_path_factory) -> Path:
 def _restore_excepthook(monkeypatch):
     """A workflow's ``initialize`` installs the one-line excepthook; keep it out of the test process."""
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size_kib: int):
+    """A tmpfs of ``size_kib`` KiB mounted on ``path``; skips the test when not root or when mounting fails."""
+    if os.geteuid() != 0:
+        pytest.skip("full-disk test needs root to mount a small tmpfs")
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -17,7 +17,7 @@ from monai.transforms import Compose
 
 from conftest import BUNDLE_ROOT, TINY_OVERRIDES, run_bundle, run_inference
 from scripts.data.datalist import find_kits_cases
-from scripts.data.slice_cache import LEVELS, SliceCache, dequantise
+from scripts.data.slice_cache import LEVELS, SliceCache
 from scripts.data.slice_dataset import CachedSliceDataset, CachedVolumeDataset, training_dataset
 
 SLICE = [64, 64]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -231,8 +232,12 @@ def test_pip_install_gives_a_working_console_command(phantom_dir, tiny_weights, 
 
     Path(site, "_project_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # a clean copy of the checkout: setuptools builds in-tree, and a stale build/ of an earlier install would be reused
+    source = tmp_path / "source"
+    shutil.copytree(BUNDLE_ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "*.egg-info", "__pycache__", "demo_output", "models", "runs", "eval", "bench"))
     install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                              "--no-build-isolation", "--no-index", str(BUNDLE_ROOT)], cwd=tmp_path, env=env,
+                              "--no-build-isolation", "--no-index", str(source)], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
     command = venv / "bin" / "kidney-seg"

@@ -28,7 +28,7 @@ import pydicom
 import pytest
 import torch
 
-from conftest import BUNDLE_ROOT, TINY_OVERRIDES, run_inference
+from conftest import BUNDLE_ROOT, TINY_OVERRIDES, run_inference, small_tmpfs
 from dicom_fixtures import write_synthetic_series
 from scripts.common.errors import InputError, OutputError, find_input_error
 from scripts.outputs import transaction
@@ -281,17 +281,8 @@ def test_failure_after_the_segmentation_keeps_the_earlier_set(tmp_path, monkeypa
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB tmpfs (root only, where ``mount -t tmpfs`` works; skipped otherwise)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("full-disk test needs root to mount a small tmpfs")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", 1024) as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_disk_full_during_output_is_one_line_and_keeps_the_earlier_set(tmp_path, tiny_weights, small_disk):

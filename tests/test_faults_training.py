@@ -25,9 +25,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
-from conftest import BUNDLE_ROOT, TINY_OVERRIDES, run_bundle
+from conftest import BUNDLE_ROOT, run_bundle, small_tmpfs
 from scripts.common.errors import InputError, find_input_error
 from scripts.training.best_model import BestModelCheckpoint
 from scripts.training.checkpoint import ResumableCheckpoint, list_last_checkpoints
@@ -72,22 +72,6 @@ def trained(phantom_dir, tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (tmp / "models").iterdir()) == ["last_checkpoint_1.pt", "model.pt"]
     return tmp / "models"
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size_kib: int):
-    """A tmpfs of ``size_kib`` KiB mounted on ``path``; skips the test when not root or when mounting fails."""
-    if os.geteuid() != 0:
-        pytest.skip("full-disk test needs root to mount a small tmpfs")
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def fill(folder: Path, leave_bytes: int) -> None:

@@ -63,7 +63,9 @@ def test_overlay_instantiates_network_and_names_weights(name, workflow):
     if workflow != "inference":
         assert parser.get("validate#inferer") == "@inferer"
     inferer = parser.get_parsed_content("inferer")
-    assert type(inferer).__name__ == ("SlidingWindowInferer" if spatial_dims == 3 else "SliceInferer")
+    # 2D: training validates with MONAI's SliceInferer; inference (MONAI Label's path) runs FastSliceInferer
+    expected_2d = "FastSliceInferer" if workflow == "inference" else "SliceInferer"
+    assert type(inferer).__name__ == ("SlidingWindowInferer" if spatial_dims == 3 else expected_2d)
 
 
 def test_default_overlay_equals_bundle_default():

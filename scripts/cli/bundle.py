@@ -13,7 +13,6 @@ import ast
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from ..common.errors import InputError, find_input_error
 from .validate import check_config_files, check_run_id
