@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import shutil
 import subprocess
 import sys
@@ -88,14 +89,8 @@ def generate(data_dir: Path, num_cases: int, seed: int = 0, workers: int = 1) ->
     depths = np.random.default_rng(seed).integers(100, 401, size=num_cases).tolist()
     tasks = [(str(data_dir), case, seed, depth) for case, depth in enumerate(depths)
              if not (data_dir / f"case_{case:05d}" / "segmentation.nii.gz").is_file()]
-    if workers > 1:
-        import multiprocessing
-
-        with multiprocessing.Pool(workers) as pool:
-            pool.map(_write_case, tasks)
-    else:
-        for task in tasks:
-            _write_case(task)
+    with multiprocessing.Pool(max(1, workers)) as pool:
+        pool.map(_write_case, tasks)
     (data_dir / "SYNTHETIC_README.txt").write_text("SYNTHETIC KiTS-size volumes from bench/cache_bench.py\n")
     return depths
 
