@@ -74,16 +74,28 @@ def make_volume(seed: int, depth: int, size: int = 512) -> tuple[np.ndarray, np.
     return image, label, affine
 
 
-def generate(data_dir: Path, num_cases: int, seed: int = 0) -> list[int]:
-    """Write the first ``num_cases`` SYNTHETIC cases (skipping those present); returns their slice counts."""
+def _write_case(task: tuple) -> None:
     from scripts.synthetic.phantoms import write_kits_case
 
+    data_dir, case, seed, depth = task
+    image, label, affine = make_volume(seed * 1000 + case, depth)
+    write_kits_case(Path(data_dir), case, image, label, affine, storage="kits")
+
+
+def generate(data_dir: Path, num_cases: int, seed: int = 0, workers: int = 1) -> list[int]:
+    """Write the first ``num_cases`` SYNTHETIC cases (skipping those present, ``workers`` processes); returns their
+    slice counts."""
     depths = np.random.default_rng(seed).integers(100, 401, size=num_cases).tolist()
-    for case, depth in enumerate(depths):
-        if (data_dir / f"case_{case:05d}" / "segmentation.nii.gz").is_file():
-            continue
-        image, label, affine = make_volume(seed * 1000 + case, depth)
-        write_kits_case(data_dir, case, image, label, affine, storage="kits")
+    tasks = [(str(data_dir), case, seed, depth) for case, depth in enumerate(depths)
+             if not (data_dir / f"case_{case:05d}" / "segmentation.nii.gz").is_file()]
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.Pool(workers) as pool:
+            pool.map(_write_case, tasks)
+    else:
+        for task in tasks:
+            _write_case(task)
     (data_dir / "SYNTHETIC_README.txt").write_text("SYNTHETIC KiTS-size volumes from bench/cache_bench.py\n")
     return depths
 
@@ -214,7 +226,7 @@ def main() -> None:
     results = {"machine": machine(), "load_average_start": load_average(), "synthetic": True, "runs": {}}
 
     started = time.perf_counter()
-    depths = generate(data_dir, max(args.cases))
+    depths = generate(data_dir, max(args.cases), workers=args.workers)
     results["generation_s"] = round(time.perf_counter() - started, 1)
     results["depths"] = depths
     print(f"SYNTHETIC data: {len(depths)} cases, {sum(depths)} slices, generated in {results['generation_s']} s",
