@@ -34,4 +34,9 @@ for unwanted in ("torchvision", "timm"):
 print(f"[bench] torch {torch}, dynamic-network-architectures {md.version('dynamic-network-architectures')}")
 PY
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "$_venv/bin/python" bench/run.py "$@"
+# one run per CPU class (issue 17): the native class, then, on a CPU with AVX-512 BF16/AMX, the AVX2 class emulated
+"$_venv/bin/python" bench/run.py "$@"
+if grep -q -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then
+  echo "[bench] bf16 CPU: measuring the AVX2 class too (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2)"
+  "$_venv/bin/python" bench/run.py --emulate-avx2 "$@"
+fi

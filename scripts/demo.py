@@ -18,14 +18,20 @@ import time
 from pathlib import Path
 
 from .reports.workflow import BUNDLE_ROOT, bundle_command, run_step
+from .synthetic.kits_shapes import list_kits_masks, split_kits_masks
 from .synthetic.phantoms import generate_dataset
 
 DEMO_OVERLAY = "configs/demo.json"
+#: Training-only overlay: intensity/resolution domain randomisation for synthetic training (issue 18).
+SYNTHETIC_TRAIN_OVERLAY = "configs/synthetic_train.json"
+#: Real KiTS23 masks (CC BY-NC-SA, read at run time, never copied); absent -> procedural kidney shapes only.
+KITS_MASKS_DIR = BUNDLE_ROOT.parent / "shared" / "data" / "kits23_masks"
 
 
 def main(output_dir: str = "demo_output", num_train: int = 48, num_test: int = 8, epochs: int = 30,
          in_plane_size: int = 256, seed: int = 0, num_workers: int = 1, fresh: bool = True,
-         sparsity: float = 0.5, finetune_epochs: int = 3, models_dir: str = "models") -> str:
+         sparsity: float = 0.5, finetune_epochs: int = 3, models_dir: str = "models",
+         kits_masks_dir: str = str(KITS_MASKS_DIR)) -> str:
     """Run the demo; returns the path of the results page (synthetic phantoms). Weights go to ``models_dir``."""
     out = (BUNDLE_ROOT / output_dir).resolve()
     if fresh and out.exists():
@@ -43,18 +49,23 @@ def main(output_dir: str = "demo_output", num_train: int = 48, num_test: int = 8
 
     t0 = time.perf_counter()
     train_dir, test_dir = out / "data" / "train", out / "data" / "test"
+    # Training kidneys: procedural, plus real KiTS23 shapes for half of the cases when the masks are here
+    # (only the training split of the masks; the rest are kept for the independent check set).
+    train_masks = split_kits_masks(list_kits_masks(kits_masks_dir))[0]
+    kidney_source = (f"procedural + {len(train_masks)} KiTS23 masks ({kits_masks_dir})" if train_masks
+                     else "procedural only (KiTS23 masks not found)")
     generate_dataset(str(train_dir), num_cases=num_train, seed=seed, in_plane_size=in_plane_size,
-                     slice_thickness_range=(2.5, 5.0))
+                     slice_thickness_range=(2.5, 5.0), kidney_masks=train_masks)
     generate_dataset(str(test_dir), num_cases=num_test, seed=seed + 1, in_plane_size=in_plane_size,
                      slice_thickness_range=(2.5, 5.0), first_case=100)
     print(f"\nsynthetic phantoms: {num_train} for training/validation in {train_dir}, "
-          f"{num_test} held out in {test_dir} ({time.perf_counter() - t0:.0f} s)")
+          f"{num_test} held out in {test_dir} ({time.perf_counter() - t0:.0f} s); training kidneys: {kidney_source}")
 
     timings = {}
     # train from the slice cache (issue 16): each phantom preprocessed once into cache_dir, slices read memory-mapped
     cache_dir = str(out / "cache")
     timings["training"] = run_step(bundle_command(
-        "training", ["configs/train.json", DEMO_OVERLAY], dataset_dir=str(train_dir), epochs=epochs,
+        "training", ["configs/train.json", DEMO_OVERLAY, SYNTHETIC_TRAIN_OVERLAY], dataset_dir=str(train_dir), epochs=epochs,
         num_folds=6, val_interval=10, output_dir=str(out / "training"), num_workers=num_workers,
         progress_bar=False, ckpt_dir=str(models), cache_dir=cache_dir), out / "training.log")
     timings["evaluation"] = run_step(bundle_command(
@@ -64,7 +75,7 @@ def main(output_dir: str = "demo_output", num_train: int = 48, num_test: int = 8
     # WP-UNet's post-training magnitude pruning (paper 000): prune, fine-tune with the masks fixed (validation fold
     # of the training phantoms), then evaluate the pruned weights on the same held-out phantoms
     timings["pruning"] = run_step(bundle_command(
-        "pruning", ["configs/train.json", DEMO_OVERLAY, "configs/prune.json"], dataset_dir=str(train_dir),
+        "pruning", ["configs/train.json", DEMO_OVERLAY, SYNTHETIC_TRAIN_OVERLAY, "configs/prune.json"], dataset_dir=str(train_dir),
         num_folds=6, sparsity=sparsity, finetune_epochs=finetune_epochs, output_dir=str(out / "pruning"),
         num_workers=num_workers, progress_bar=False, ckpt_dir=str(models), cache_dir=cache_dir), out / "pruning.log")
     timings["evaluation_pruned"] = run_step(bundle_command(
@@ -79,7 +90,7 @@ def main(output_dir: str = "demo_output", num_train: int = 48, num_test: int = 8
     summary = json.loads((out / "evaluation" / "metrics_summary.json").read_text())
     pruned = {"summary": json.loads((out / "evaluation_pruned" / "metrics_summary.json").read_text()),
               "report": json.loads((out / "pruning" / "pruning_report.json").read_text())}
-    report = _write_report(out, summary, timings, first_test_case, models, pruned)
+    report = _write_report(out, summary, timings, first_test_case, models, pruned, kidney_source)
     print("\n" + report)
     return str(out / "RESULTS.md")
 
@@ -110,7 +121,7 @@ def _pruning_lines(pruned: dict, dense_kidney: float, dense_tumour: float) -> li
 
 
 def _write_report(out: Path, summary: dict, timings: dict, case: Path, models: Path,
-                  pruned: dict | None = None) -> str:
+                  pruned: dict | None = None, kidney_source: str = "procedural") -> str:
     metrics = summary["metrics"]
 
     def mean(metric: str) -> float:
@@ -129,6 +140,7 @@ def _write_report(out: Path, summary: dict, timings: dict, case: Path, models: P
         "",
         "Held-out synthetic phantoms (never seen in training or model selection). These numbers show that",
         "the pipeline works end to end; they say nothing about accuracy on real CT.",
+        f"Training kidneys: {kidney_source}; held-out phantoms: procedural.",
         "",
         "| metric | mean | std | n |",
         "|---|---|---|---|",

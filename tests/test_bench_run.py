@@ -15,7 +15,7 @@ def run():
     return module
 
 
-def _result():
+def _result(run):
     def row(fp32, auto, macs=1e9):
         return {"params": 1000, "macs": macs, "slice": 256, "auto": "fp32, batch 1",
                 "seconds_per_slice": {"fp32": fp32, "auto": auto}}
@@ -26,24 +26,29 @@ def _result():
            "Pocket U-Net 2D, MONAI pipeline (streaming False)": {"run_s": 3.0, "process_s": 9.0,
                                                                  "peak_rss_mb": 4000.0, "stages": None},
            "WP-UNet channel-pruned 0.5, auto": {"run_s": 11.0, "process_s": 15.0, "peak_rss_mb": 1200.0,
-                                                "stages": None}}
+                                                "stages": None},
+           run.NNUNET_FP32: {"run_s": 70.0, "process_s": 75.0, "peak_rss_mb": 2000.0, "stages": None},
+           run.NNUNET_LEVERS: {"run_s": 40.0, "process_s": 45.0, "peak_rss_mb": 2000.0, "stages": None}}
     return table, e2e
 
 
 def test_render_marks_targets_and_labels_synthetic_input(run):
-    table, e2e = _result()
+    table, e2e = _result(run)
     memory = {"kits/200": {"storage": "kits", "slices": 200, "peak_rss_mb": 900.0, "run_s": 7.0},
               "kits/1000": {"storage": "kits", "slices": 1000, "peak_rss_mb": 1100.0, "run_s": 30.0}}
     result = {"date": "2026-11-26", "json": "bench/results/x.json", "table_slices": 6, "repeats": 2,
               "load_before": [1, 1, 1], "load_after": [1, 1, 1], "network_table": table, "end_to_end": e2e,
               "memory": memory, "summary": run.summary(table, e2e, memory),
               "machine": {"cpu": "cpu", "cores": 2, "simd": ["avx2"], "torch": "2.13.0", "threads": 2,
-                          "monai": "1", "commit": "abc"}}
+                          "monai": "1", "commit": "abc", "bf16_native": False}}
     text = run.render(result)
     assert "SYNTHETIC" in text and "random weights" in text
-    assert "| `best_end_to_end_s` | 7.50 | <= 10.0 | yes |" in text
-    assert "| `wpunet_pruned_vs_nnunet2d` | 5.00 | >= 3.0 | yes |" in text
-    assert "| `peak_rss_gb` | 1.17 | <= 1.5 | yes |" in text
+    assert "## Benchmark run: AVX2 class (no AVX-512, no bf16; native)" in text
+    assert "| `best_process_s` | 12.00 | <= 5.0 | **no** |" in text  # process time, not run time
+    assert "| `pruned_process_s` | 15.00 | <= 10.0 | **no** |" in text
+    assert "| `wpunet_pruned_vs_nnunet2d` | 5.00 | >= 5.0 | yes |" in text  # 75 / 15, end to end
+    assert "| `wpunet_pruned_vs_nnunet2d_levers` | 3.00 | >= 3.0 | yes |" in text  # 45 / 15
+    assert "| `peak_rss_gb` | 1.17 | <= 1.0 | **no** |" in text and "| `peak_rss_1000_gb` | 1.07 | <= 1.2 | yes |" in text
     assert "Growth (kits): 0.25 MB per slice between 200 and 1000" in text
     assert "| 1.00 |" in text and "| - |" in text  # GMACs column, missing MACs shown as "-"
     assert "Not measured in this run" in text  # no Dice JSON in this result

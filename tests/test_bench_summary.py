@@ -23,16 +23,37 @@ def _table(nnunet: float, pruned: float, pocket: float) -> dict:
             "Pocket U-Net 2D": {"seconds_per_slice": {"fp32": 1.0, "auto": pocket}}}
 
 
-def test_summary_uses_nnunet_fp32_and_streamed_runs_only():
-    e2e = {"a": {"run_s": 7.5, "peak_rss_mb": 700.0}, "b": {"run_s": 4.25, "peak_rss_mb": 600.0},
-           "c, MONAI pipeline (streaming False)": {"run_s": 1.0, "peak_rss_mb": 3000.0}}
-    s = bench_run.summary(_table(0.6, 0.1, 0.02), e2e, {})
-    assert s["best_end_to_end_s"] == 4.25  # the MONAI-pipeline row is a baseline, not a candidate
-    assert math.isclose(s["wpunet_pruned_vs_nnunet2d"], 6.0) and math.isclose(s["pocket_vs_nnunet2d"], 30.0)
-    assert math.isclose(s["peak_rss_gb"], 700.0 / 1024)
+def test_summary_is_end_to_end_process_time():
+    """Issue 17: the headline is process time (start to exit); ratios are nnU-Net's process time over ours."""
+    nn_fp32, nn_levers = bench_run.NNUNET_FP32, bench_run.NNUNET_LEVERS
+    e2e = {bench_run.POCKET: {"process_s": 4.0, "peak_rss_mb": 700.0},
+           bench_run.PRUNED: {"process_s": 8.0, "peak_rss_mb": 600.0},
+           "c, MONAI pipeline (streaming False)": {"process_s": 1.0, "peak_rss_mb": 3000.0},
+           nn_fp32: {"process_s": 60.0, "peak_rss_mb": 5000.0}, nn_levers: {"process_s": 32.0, "peak_rss_mb": 5000.0}}
+    memory = {"kits/1000": {"slices": 1000, "peak_rss_mb": 1100.0}, "ras/1000": {"slices": 1000, "peak_rss_mb": 900.0},
+              "kits/200": {"slices": 200, "peak_rss_mb": 2000.0}}
+    s = bench_run.summary(_table(0.6, 0.1, 0.02), e2e, memory)
+    # neither the MONAI-pipeline baseline nor nnU-Net is a candidate for "best"
+    assert s["best_process_s"] == 4.0 and s["best_process_run"] == bench_run.POCKET and s["pruned_process_s"] == 8.0
+    assert math.isclose(s["wpunet_pruned_vs_nnunet2d"], 7.5) and math.isclose(s["pocket_vs_nnunet2d"], 15.0)
+    assert math.isclose(s["wpunet_pruned_vs_nnunet2d_levers"], 4.0) and math.isclose(s["pocket_vs_nnunet2d_levers"], 8.0)
+    assert math.isclose(s["wpunet_pruned_vs_nnunet2d_network"], 6.0)  # the per-slice table's ratio, kept apart
+    assert math.isclose(s["peak_rss_gb"], 700.0 / 1024) and math.isclose(s["peak_rss_1000_gb"], 1100.0 / 1024)
     line = bench_run.summary_line(s)
-    assert re.fullmatch(r"best_end_to_end_s=4\.25 wpunet_pruned_vs_nnunet2d=6\.0x pocket_vs_nnunet2d=30\.0x "
-                        r"peak_rss_gb=0\.68", line)
+    assert re.fullmatch(r"best_process_s=4\.00 pruned_process_s=8\.00 wpunet_pruned_vs_nnunet2d=7\.5x "
+                        r"pocket_vs_nnunet2d=15\.0x wpunet_pruned_vs_nnunet2d_levers=4\.0x "
+                        r"pocket_vs_nnunet2d_levers=8\.0x peak_rss_gb=0\.68 peak_rss_1000_gb=1\.07", line)
+
+
+def test_cpu_class_follows_the_emulation_variables(monkeypatch):
+    for key in bench_run.EMULATE_AVX2:
+        monkeypatch.delenv(key, raising=False)
+    assert bench_run.cpu_class({"bf16_native": True}) == "bf16"
+    assert bench_run.cpu_class({"bf16_native": False}) == "avx2"
+    for key, value in bench_run.EMULATE_AVX2.items():
+        monkeypatch.setenv(key, value)
+    assert bench_run.cpu_class({"bf16_native": True}) == "avx2"
+    assert "EMULATED" in bench_run.cpu_class_label({"bf16_native": True})
 
 
 def test_dice_and_paired_differences():

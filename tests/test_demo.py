@@ -22,6 +22,7 @@ def test_demo_runs_every_step(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = (out / "RESULTS.md").read_text()
     assert "SYNTHETIC" in results and "## Pruned model" in results and "pruned + fine-tuned" in results
+    assert "Training kidneys: procedural" in results  # which kidney shapes trained (KiTS23 masks or not)
     assert {p.name for p in models.iterdir()} >= {"model.pt", "model_pruned.pt", "derived"}
     assert (models / "derived" / "model_pruned.sparse.pt").is_file()  # not in models/*.pt, which MONAI Label lists
     assert (out / "pruning" / "pruning_report.json").is_file()

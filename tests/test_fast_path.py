@@ -98,3 +98,11 @@ def test_non_torch_backends_pass_through():
 def test_bad_values_name_the_config_id(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         choose_fast_path(_nets()["wp"], "cpu", **kwargs)
+
+
+@pytest.mark.parametrize("key,value", [("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2")])
+def test_no_bf16_when_held_to_avx2(monkeypatch, key, value):
+    """bench/run.sh's emulation of the no-bf16 CPU class must also switch "auto" to that class's rules."""
+    monkeypatch.setenv(key, value)
+    assert fast_path.cpu_supports_bf16() is False
+    assert fast_path.choose_fast_path(torch.nn.Conv2d(1, 3, 3), "cpu").precision == "fp32"

@@ -66,7 +66,10 @@ def test_dtypes_shapes_labels_and_affine():
 def test_z_extent_covers_the_kidneys_and_clips_to_eight_slices():
     image, label, affine = generate_phantom(2, in_plane_size=64, slice_thickness=2.0)
     extent = image.shape[2] * affine[2, 2]
-    assert 150 <= extent <= 260
+    assert 150 <= extent <= 600
+    short = generate_phantom(2, in_plane_size=64, slice_thickness=2.0, coverage="kidneys")[0]
+    full = generate_phantom(2, in_plane_size=64, slice_thickness=2.0, coverage="full")[0]
+    assert 150 <= short.shape[2] * 2.0 <= 300 and full.shape[2] * 2.0 >= 380  # lung bases to femoral heads
     z_with_kidney = np.flatnonzero((label > 0).any(axis=(0, 1)))
     assert z_with_kidney[0] > 0 and z_with_kidney[-1] < image.shape[2] - 1  # margin at both ends
     thick, _, _ = generate_phantom(2, in_plane_size=32, slice_thickness=60.0)
@@ -90,27 +93,31 @@ def test_kidneys_lie_either_side_of_the_midline_right_one_lower():
     assert right[2] < left[2]
 
 
-def test_kidney_brighter_than_surrounding_fat():
-    image, label, _ = generate_phantom(5, in_plane_size=128, slice_thickness=4.0)
+@pytest.mark.parametrize("phase, min_kidney", [("nephrographic", 100), ("unenhanced", 15)])
+def test_kidney_brighter_than_surrounding_fat(phase, min_kidney):
+    image, label, _ = generate_phantom(5, in_plane_size=128, slice_thickness=4.0, phase=phase)
     fg = label > 0
     ring = ndimage.binary_dilation(fg, iterations=2) & ~ndimage.binary_dilation(fg, iterations=1)
     kidney = np.median(image[label == 1])
-    assert kidney > 100
+    assert kidney > min_kidney
     assert np.median(image[ring]) < -40
-    assert kidney - np.median(image[ring]) > 150
+    assert kidney - np.median(image[ring]) > 100
 
 
-def test_tumour_intensity_differs_from_kidney():
+@pytest.mark.parametrize("phase, min_gap", [("nephrographic", 30), ("corticomedullary", 15), ("unenhanced", 12)])
+def test_tumour_intensity_differs_from_kidney(phase, min_gap):
     checked = 0
     for seed in range(8):
-        image, label, _ = generate_phantom(seed, in_plane_size=128, slice_thickness=4.0, num_tumours=1)
+        # Tumour means: >= 40 HU below the parenchyma mean (enhanced; in the corticomedullary phase the mixed
+        # cortex/medulla interior is closer), 20-35 HU off it unenhanced.
+        image, label, _ = generate_phantom(seed, in_plane_size=128, slice_thickness=4.0, num_tumours=1, phase=phase)
         # Eroded masks: compare interiors, not partial-volume edges.
         tumour = ndimage.binary_erosion(label == 2)
         kidney = ndimage.binary_erosion(label == 1)
         if tumour.sum() < 30:
             continue
         checked += 1
-        assert abs(image[tumour].mean() - image[kidney].mean()) >= 30, seed
+        assert abs(image[tumour].mean() - image[kidney].mean()) >= min_gap, seed
     assert checked >= 4
 
 
@@ -148,7 +155,7 @@ def test_anatomy_independent_of_in_plane_size():
 
 def test_spacing_at_512_matches_kits_range():
     lo, hi = FOV_RANGE_MM[0] / 512, FOV_RANGE_MM[1] / 512
-    assert 0.68 <= lo < hi <= 0.98
+    assert 0.58 <= lo < hi <= 0.98  # the KiTS23 masks' in-plane range, 0.59-0.98 mm
     spacings = np.array([phantom_spacing(s, in_plane_size=512) for s in range(200)])
     assert np.all((spacings[:, :2] >= lo) & (spacings[:, :2] <= hi))
     assert np.all(spacings[:, 0] == spacings[:, 1])
@@ -256,3 +263,92 @@ def test_cli_writes_cases(tmp_path):
     assert "SYNTHETIC" in proc.stdout + proc.stderr
     assert (out / "case_00000" / "imaging.nii.gz").is_file()
     assert (out / "SYNTHETIC_README.txt").is_file()
+
+
+# ---- issue 18: the whole axial range of a KiTS-style scan, real KiTS23 kidney shapes, the check set ----
+
+KITS_MASKS = os.path.join(ROOT, "..", "shared", "data", "kits23_masks")
+needs_kits = pytest.mark.skipif(not os.path.isdir(KITS_MASKS), reason="../shared/data/kits23_masks absent (real KiTS23 masks)")
+
+
+def _tissue_z(scene, name: str) -> np.ndarray:
+    """z (mm) of the slices holding tissue ``name``."""
+    return scene.grid.coords[2][(scene.vol == scene.ids[name]).any(axis=(0, 1))]
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_full_coverage_puts_each_organ_in_its_axial_range(seed):
+    scene, _, _ = phantoms._build_scene(seed, 96, (4.0, (1.0, 5.0)), None, (None, None), False, None, "full")
+    kz = scene.grid.coords[2][np.isin(scene.vol, [scene.ids["cortex"], scene.ids["medulla"]]).any(axis=(0, 1))]
+    k_top, k_bottom = kz.max(), kz.min()
+    lung, heart, liver = _tissue_z(scene, "lung"), _tissue_z(scene, "heart_blood"), _tissue_z(scene, "liver")
+    bladder, pelvis = _tissue_z(scene, "urine"), _tissue_z(scene, "pelvis_k")
+    assert lung.max() > k_top + 100 and lung.min() > k_top - 60  # lung bases above, recesses down to the poles
+    assert heart.min() > k_top + 30  # heart on the diaphragm
+    assert liver.max() > k_top + 30 and liver.min() < k_top  # liver dome above the right kidney, beside it
+    assert bladder.max() < k_bottom - 80  # bladder in the pelvis
+    assert pelvis.max() < k_bottom and pelvis.min() < scene.grid.coords[2][0] + 80  # iliac wings .. femoral heads
+    assert _tissue_z(scene, "rib").min() > k_bottom  # no ribs in the pelvis
+
+
+def test_masks_consistent_tumours_touch_kidneys_and_labels_are_kits():
+    for seed in range(6):
+        _, label, _ = generate_phantom(seed, in_plane_size=96, slice_thickness=4.0, num_tumours=2, coverage="full")
+        assert set(np.unique(label).tolist()) <= set(LABELS.values())
+        tum, n = ndimage.label(label == 2, structure=FULL_CONNECTIVITY)
+        near_kidney = ndimage.binary_dilation(label == 1, iterations=2)
+        for i in range(1, n + 1):
+            assert (near_kidney & (tum == i)).any(), f"seed {seed}: tumour component {i} away from any kidney"
+
+
+def test_full_coverage_reproducible_by_seed_and_kidneys_unchanged_by_coverage():
+    a = generate_phantom(9, in_plane_size=64, slice_thickness=5.0, coverage="full")
+    b = generate_phantom(9, in_plane_size=64, slice_thickness=5.0, coverage="full")
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    short = generate_phantom(9, in_plane_size=64, slice_thickness=5.0, coverage="kidneys")
+    vol = [float((lab == 1).sum()) for lab in (a[1], short[1])]
+    assert vol[1] > 0 and abs(vol[0] - vol[1]) / vol[1] < 0.05  # same kidneys, only the scan range differs
+
+
+@needs_kits
+def test_kits_masks_split_is_disjoint_and_by_case_id():
+    from scripts.synthetic.kits_shapes import list_kits_masks, split_kits_masks
+
+    paths = list_kits_masks(KITS_MASKS)
+    train, check = split_kits_masks(paths)
+    assert len(paths) == len(train) + len(check) and not set(train) & set(check) and check
+    assert max(p.name for p in train) < min(p.name for p in check)
+
+
+@needs_kits
+def test_real_kidney_shapes_are_painted_on_their_side_with_their_tumours():
+    from scripts.synthetic.kits_shapes import list_kits_masks, load_kits_kidneys
+
+    path = next(p for p in list_kits_masks(KITS_MASKS) if "00021" in p.name)  # left tumour, right cyst
+    shapes = load_kits_kidneys(str(path))
+    image, label, affine = generate_phantom(4, in_plane_size=256, slice_thickness=2.5, kidney_shapes=shapes)
+    voxel = abs(np.linalg.det(affine[:3, :3]))
+    n = label.shape[0]
+    for side, real in shapes.items():
+        half = label[: n // 2] if side == -1 else label[n // 2:]  # RAS: the patient's left at low x
+        expected = (real.labels > 0).sum() * real.spacing.prod()
+        assert abs((half > 0).sum() * voxel - expected) / expected < 0.2, side
+        assert bool((half == 2).any()) == bool((real.labels == 2).any()), side  # tumours as labelled
+    again = generate_phantom(4, in_plane_size=256, slice_thickness=2.5, kidney_shapes=shapes)
+    np.testing.assert_array_equal(again[0], image)
+
+
+@needs_kits
+def test_check_set_case_keeps_the_real_mask_and_is_seeded():
+    from scripts.synthetic.checkset import generate_check_case
+    from scripts.synthetic.kits_shapes import list_kits_masks, split_kits_masks
+
+    path = split_kits_masks(list_kits_masks(KITS_MASKS))[1][0]
+    image, label, affine = generate_check_case(path, 1, in_plane_size=128)
+    real = nib.as_closest_canonical(nib.load(path))
+    ml = np.bincount(np.asarray(real.dataobj, dtype=np.uint8).ravel(), minlength=4) * np.prod(real.header.get_zooms())
+    got = np.bincount(label.ravel(), minlength=4) * abs(np.linalg.det(affine[:3, :3]))
+    np.testing.assert_allclose(got[1:3], ml[1:3], rtol=0.1, atol=500)  # kidney and tumour mm^3 kept
+    assert image.dtype == np.int16 and np.median(image[label == 1]) > 0  # soft tissue, not fat or air
+    np.testing.assert_array_equal(generate_check_case(path, 1, in_plane_size=128)[0], image)

@@ -20,8 +20,8 @@ from scripts.data.ct_reader import LoadedCT, read_ct
 from scripts.common.errors import InputError
 from scripts.networks import PocketUNet, WPUNet
 from scripts.synthetic.phantoms import generate_phantom, write_kits_case
-from scripts.inference.streaming import (StreamingSegmenter, build_segmenter, is_3d_network, model_grid_affine,
-                                        ras_orientation)
+from scripts.inference.streaming import (StreamingSegmenter, build_segmenter, is_3d_network,
+                                        keep_largest_components, model_grid_affine, ras_orientation)
 from test_inference_geometry import ThresholdNet, run_inference, save_nifti, synthetic_case
 
 FP32 = {"precision": "fp32", "channels_last": False, "fold_batchnorm": False, "compile": "none"}
@@ -199,6 +199,71 @@ def test_streamed_read_holds_one_slab(tmp_path):
     (label, _), peak = _numpy_peak(segmenter.segment_file, scan)
     assert label.shape == volume.shape and label[100, 100, 30] > 0
     assert peak < label.nbytes + 4 * 256 * 256 * 8 * 4 and peak < volume.nbytes, peak
+
+
+@pytest.mark.parametrize("storage", ["kits", "ras"])
+def test_chunked_read_equals_whole_read_both_storage_orders(tmp_path, storage):
+    """Issue 17: a SYNTHETIC phantom stored like KiTS (slice axis first) or RAS gives the same segmentation read in
+    axial windows (several passes over the file for KiTS order) as read whole."""
+    image, label, affine = generate_phantom(seed=3, in_plane_size=48, slice_thickness=4.0)
+    scan = Path(write_kits_case(tmp_path, 0, image, label, affine, storage=storage)) / "imaging.nii.gz"
+    segmenter = StreamingSegmenter(PerturbedThresholdNet(), slice_size=(32, 32), chunk_slices=4)
+    whole = read_ct(scan, stream=False)
+    chunked = read_ct(scan, window_bytes=48 * 48 * 2 * 8)  # 8 slices a window: at least 3 windows
+    assert whole.voxels is not None and chunked.voxels is None
+    windows = -(-image.shape[2] // 8)
+    assert windows >= 3
+    reference, chunked_labels = segmenter.segment(whole)[0], segmenter.segment(chunked)[0]
+    assert reference.shape == nib.load(str(scan)).shape and (reference > 0).any()
+    np.testing.assert_array_equal(chunked_labels, reference)
+
+
+@pytest.mark.parametrize("axcodes", ["IPL", "SPL", "LIP"])  # axial axis first or second on disk, either direction
+def test_kits_order_chunked_read_equals_whole_read(tmp_path, axcodes):
+    stored, affine = synthetic_case(axcodes)
+    scan = save_nifti(tmp_path / "scan.nii.gz", stored, affine)
+    segmenter = StreamingSegmenter(PerturbedThresholdNet(), slice_size=(64, 64), chunk_slices=2)
+    whole, chunked = read_ct(scan, stream=False), read_ct(scan, window_bytes=1)  # one chunk (2 slices) a window
+    np.testing.assert_array_equal(segmenter.segment(chunked)[0], segmenter.segment(whole)[0])
+
+
+def test_kits_order_read_holds_one_window(tmp_path):
+    """A CT stored like KiTS (slice axis first: every axial slab spans the whole file) is read in axial windows:
+    numpy allocations stay well below the stored volume, which the whole read holds."""
+    volume = np.full((128, 256, 256), -1000, np.int16)  # (slices, rows, cols) as KiTS stores it
+    volume[:, 60:200, 60:200] = 200
+    affine = np.array([[0, 0, -0.8, 0], [0, -0.8, 0, 0], [-3.0, 0, 0, 0], [0, 0, 0, 1]])
+    scan = save_nifti(tmp_path / "kits.nii.gz", volume, affine)
+    segmenter = StreamingSegmenter(ThresholdNet(), slice_size=(64, 64), chunk_slices=8)
+    window = 256 * 256 * 2 * 16  # 16 of the 128 slices
+    (label, _), peak = _numpy_peak(lambda: segmenter.segment(read_ct(scan, window_bytes=window)))
+    assert label.shape == volume.shape and label[30, 100, 100] > 0
+    (_, _), whole_peak = _numpy_peak(lambda: segmenter.segment(read_ct(scan, stream=False)))
+    assert whole_peak > volume.nbytes  # the whole read does hold the volume: the measure can see it
+    assert peak < label.nbytes + 2 * window + 4 * 256 * 256 * 8 * 4 and peak < volume.nbytes, (peak, volume.nbytes)
+
+
+@pytest.mark.parametrize("num_components", [1, 2])
+def test_keep_largest_components_equals_monai(num_components):
+    """keep_largest_components (32-bit map, foreground box) = MONAI's KeepLargestConnectedComponent on the whole
+    volume, ties in component size included; SYNTHETIC random labels."""
+    from monai.transforms import KeepLargestConnectedComponent
+
+    rng = np.random.default_rng(num_components)
+    labels = np.zeros((40, 50, 30), np.uint8)
+    labels[10:30, 12:40, 5:25] = (rng.random((20, 28, 20)) < 0.3) * rng.integers(1, 4, (20, 28, 20))
+    for corner in ((2, 45, 1), (36, 2, 27), (3, 3, 26)):  # equal cubes: ties for the last kept component
+        labels[tuple(slice(c, c + 2) for c in corner)] = 2
+    lcc = KeepLargestConnectedComponent(applied_labels=[1, 2], independent=False, num_components=num_components)
+    expected = np.asarray(lcc(torch.from_numpy(labels.copy())[None])[0])
+    result = keep_largest_components(labels.copy(), [1, 2], num_components)
+    np.testing.assert_array_equal(result, expected)
+    assert (expected != labels).any() and (expected == 3).any()  # something removed; label 3 left alone
+
+
+def test_keep_largest_components_on_nothing():
+    empty = np.zeros((5, 5, 5), np.uint8)
+    assert keep_largest_components(empty, [1, 2], 2) is empty and not empty.any()
 
 
 def test_run_writes_every_case_with_prefetch(tmp_path):

@@ -35,9 +35,12 @@ __all__ = ["LoadedCT", "read_ct"]
 class LoadedCT:
     """One CT as stored: ``voxels`` (x, y, z) in the file's dtype, HU = ``voxels * slope + inter``.
 
-    When the file's last (slowest) axis is the axial one (RAS/LPS-stored NIfTI, most DICOM conversions), the voxels
-    are not read up front: ``proxy`` (nibabel's array proxy, file kept open) yields them slab by slab in file order
-    and ``voxels`` is None. KiTS stores the slice axis first (the fastest on disk), so a KiTS case is read whole.
+    NIfTI voxels are not read up front (``voxels`` is None): ``proxy`` (nibabel's array proxy, file kept open) yields
+    them as they are needed. When the file's last (slowest) axis is the axial one (RAS/LPS-stored NIfTI, most DICOM
+    conversions) they are read slab by slab in file order. KiTS stores the slice axis first (the fastest on disk), so
+    every axial slab is spread over the whole file: they are read in windows of axial slices of at most
+    ``window_bytes``, each window filled by one pass over the file in contiguous slabs along its slowest axis (a
+    gzip stream decompresses sequentially: one pass costs one decompression of the file; issue 17).
     """
 
     source: str
@@ -47,6 +50,7 @@ class LoadedCT:
     inter: float = 0.0
     proxy: object | None = None
     stored_shape: tuple[int, ...] | None = None
+    window_bytes: int = 256 * 2**20
     _range: list = field(default_factory=lambda: [math.inf, -math.inf])
     _infinite: list = field(default_factory=lambda: [0, 0])  # -Inf, +Inf voxels met so far
 
@@ -64,7 +68,7 @@ class LoadedCT:
     def axial_blocks(self, ornt: np.ndarray, chunk: int) -> Iterator[tuple[int, int, np.ndarray]]:
         """``(z0, z1, block)``: stored voxels of RAS slices ``z0:z1`` as an (x, y, k) RAS array, ``chunk`` at a time.
 
-        Streamed files are read in file order (a gzip stream only seeks forward cheaply); NaN voxels raise
+        Slab-streamed files (axial axis last) yield in file order, KiTS-order windows in RAS order; NaN voxels raise
         :class:`InputError` as they are met; ±Inf voxels are counted and warned about once, after the last slab.
         """
         ras_shape = [0, 0, 0]
@@ -76,21 +80,50 @@ class LoadedCT:
             for z0 in range(0, depth, chunk):
                 yield z0, min(depth, z0 + chunk), ras[:, :, z0:min(depth, z0 + chunk)]
             return
-        flipped = ornt[2, 1] == -1
-        starts = list(range(0, depth, chunk))
-        for z0 in reversed(starts) if flipped else starts:
-            z1 = min(depth, z0 + chunk)
-            lo, hi = (depth - z1, depth - z0) if flipped else (z0, z1)
-            slicer = (slice(None), slice(None), slice(lo, hi)) + (0,) * (len(self.stored_shape) - 3)
-            try:
-                block = np.asarray(self.proxy._get_unscaled(slicer))
-            except READ_ERRORS as exc:
-                raise _damaged(self.source, exc) from None
-            self._note(block)
-            yield z0, z1, nib.orientations.apply_orientation(block, ornt)
+        axial = int(np.flatnonzero(ornt[:, 0] == 2)[0])  # the file axis that is the RAS axial one
+        flipped = ornt[axial, 1] == -1
+        if axial == 2:  # axial axis slowest on disk: each chunk is one contiguous slab
+            windows = [(z0, min(depth, z0 + chunk)) for z0 in range(0, depth, chunk)]
+        else:  # windows of whole chunks, as many slices as window_bytes holds; one pass over the file each
+            slice_bytes = self.shape[0] * self.shape[1] * self.shape[2] // depth * self.proxy.dtype.itemsize
+            step = max(1, self.window_bytes // max(1, slice_bytes * chunk)) * chunk
+            windows = [(w0, min(depth, w0 + step)) for w0 in range(0, depth, step)]
+        # a slab-per-chunk file is read in file order (a gzip stream only seeks forward cheaply); each window of a
+        # KiTS-order file is a pass over the whole file anyway, so those go in RAS order
+        for w0, w1 in reversed(windows) if flipped and axial == 2 else windows:
+            lo, hi = (depth - w1, depth - w0) if flipped else (w0, w1)
+            window = self._read_axial_range(axial, lo, hi)
+            self._note(window)
+            ras = nib.orientations.apply_orientation(window, ornt)  # a view: (x, y, w1 - w0)
+            for z0 in range(w0, w1, chunk):
+                yield z0, min(w1, z0 + chunk), ras[:, :, z0 - w0:min(w1, z0 + chunk) - w0]
+            del window, ras
         warn_infinite_voxels(self.source, *self._infinite)
         if self._range[0] <= self._range[1]:
             _warn_if_not_ct(self.source, *self._range, self.slope, self.inter, MIN_EXPECTED_HU)
+
+    def _read_axial_range(self, axial: int, lo: int, hi: int) -> np.ndarray:
+        """Stored voxels ``lo:hi`` of file axis ``axial``, in the file's axes; for a file whose axial axis is not
+        the slowest, one pass over the whole file in contiguous slabs along its last axis (at most 16 MB or half a
+        window each)."""
+        extra = (0,) * (len(self.stored_shape) - 3)
+        pick = [slice(None)] * 3
+        pick[axial] = slice(lo, hi)
+        try:
+            if axial == 2:
+                return np.asarray(self.proxy._get_unscaled((*pick, *extra)))
+            shape = list(self.shape)
+            shape[axial] = hi - lo
+            window = np.empty(shape, dtype=self.proxy.dtype, order="F")
+            per_plane = self.shape[0] * self.shape[1] * self.proxy.dtype.itemsize
+            planes = max(1, min(16 * 2**20, self.window_bytes // 2) // per_plane)
+            for c0 in range(0, self.shape[2], planes):
+                c1 = min(self.shape[2], c0 + planes)
+                slab = np.asarray(self.proxy._get_unscaled((slice(None), slice(None), slice(c0, c1), *extra)))
+                window[:, :, c0:c1] = slab[tuple(pick[:2])]
+            return window
+        except READ_ERRORS as exc:
+            raise _damaged(self.source, exc) from None
 
     def _note(self, block: np.ndarray) -> None:
         low, high = block.min(), block.max()
@@ -135,14 +168,15 @@ def _scaling(image: nib.Nifti1Image) -> tuple[float, float]:
     return slope, inter
 
 
-def _read_nifti(path: Path, stream: bool = True) -> LoadedCT:
+def _read_nifti(path: Path, stream: bool = True, window_bytes: int = 256 * 2**20) -> LoadedCT:
     try:
         image = nib.load(str(path), keep_file_open=True)
         shape = tuple(int(n) for n in image.shape)
         slope, inter = _scaling(image)
         affine = np.asarray(image.affine, dtype=np.float64)
-        if stream and int(nib.io_orientation(affine)[2, 0]) == 2 and hasattr(image.dataobj, "_get_unscaled"):
-            return LoadedCT(str(path), None, affine, slope, inter, proxy=image.dataobj, stored_shape=shape)
+        if stream and len(shape) >= 3 and all(n == 1 for n in shape[3:]) and hasattr(image.dataobj, "_get_unscaled"):
+            return LoadedCT(str(path), None, affine, slope, inter, proxy=image.dataobj, stored_shape=shape,
+                            window_bytes=int(window_bytes))
         voxels = np.asarray(image.dataobj.get_unscaled())
     except READ_ERRORS as exc:
         raise _damaged(path, exc) from None
@@ -186,16 +220,19 @@ def _warn_if_not_ct(source: str, low: float, high: float, slope: float, inter: f
                       "unreliable", stacklevel=3)
 
 
-def read_ct(path: str | os.PathLike, min_expected_hu: float = MIN_EXPECTED_HU, stream: bool = True) -> LoadedCT:
+def read_ct(path: str | os.PathLike, min_expected_hu: float = MIN_EXPECTED_HU, stream: bool = True,
+            window_bytes: int = 256 * 2**20) -> LoadedCT:
     """Read and check one CT (NIfTI file, DICOM series folder, NRRD, MHA); bad input raises :class:`InputError`.
 
-    With ``stream`` a NIfTI file whose last axis is the axial one is opened for slab-by-slab reading
-    (:meth:`LoadedCT.axial_blocks`); its value checks then run as the slabs are read.
+    With ``stream`` a 3D NIfTI file is opened for reading as the slices are needed (:meth:`LoadedCT.axial_blocks`):
+    slab by slab when its last axis is the axial one, else (KiTS order) in axial windows of at most
+    ``window_bytes`` of stored voxels, one pass over the file per window; its value checks then run as the voxels
+    are read.
     """
     path = Path(path)
     check_image_file(path)
     is_nifti = path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
-    ct = _read_nifti(path, stream) if is_nifti else _read_with_monai(path)
+    ct = _read_nifti(path, stream, window_bytes) if is_nifti else _read_with_monai(path)
     if ct.voxels is not None:
         _check_values(ct, min_expected_hu)
     return ct

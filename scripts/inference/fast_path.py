@@ -16,7 +16,29 @@ nnU-Net 2D (ref.)      0.18    0.23            0.13    0.14
 =====================  ======  ==============  ======  ===================
 
 so on such a CPU "auto" is bf16 autocast + channels_last; without AVX-512 BF16/AMX it is fp32 + channels_last
-(bf16 is emulated there and slower). On CUDA "auto" is fp16 autocast with large slice batches; channels_last only
+(bf16 is emulated there and slower) when torch runs the network.
+
+AVX2 class (issue 17; 2-core AMD EPYC, AVX2 only, no bf16; ``bench/int8_bench.py``; 256x256 SYNTHETIC slices,
+random weights, ms per slice, 2 threads unless noted). Measured on a SHARED machine under load average 11-21
+(four other jobs): absolute numbers are several times an idle machine's, torch's 2-thread runs suffer most from
+the contention; compare within a row. The issue's own idle figure for dense WP-UNet: ONNX Runtime 129 ms vs 229
+ms for torch fp32 + channels_last.
+
+==========================  =====  =============  ========  ========  ===========  ===========  ==========
+network (batch)             torch  torch          ORT fp32  ORT int8  torch CL     ORT fp32     ORT fp32
+                            fp32   channels_last                      1 thread     1 thread     batch 4/8
+==========================  =====  =============  ========  ========  ===========  ===========  ==========
+Pocket U-Net 2D (1)         2019   856            275       219       171          155          174 / 162
+WP-UNet channel-0.5 (1)     6545   3164           660       710       887          495          441 / 654
+SD-UNet (1)                 3714   2115           723       531       686          418          648 / 593
+WP-UNet dense (1)           3834   2122           579       572       704          405          699 / 796
+==========================  =====  =============  ========  ========  ===========  ===========  ==========
+
+so on a CPU without native bf16 ``backend auto`` runs ONNX Runtime fp32 for both families (:data:`AVX2_RULES`,
+:func:`choose_backend`), with slice batches of 4 (depthwise) or 8 (plain) when the slice batch is left at its
+CPU default; int8 is not chosen (opt-in, ``configs/inference_int8.json``).
+
+On CUDA "auto" is fp16 autocast with large slice batches; channels_last only
 for networks without depthwise convolutions (an H100 run, ``docs/gpu.md``: channels_last slowed WP-UNet 1126 -> 793
 slices/s and sped the classic U-Net 1845 -> 2563). Argmax labels under bf16 agree with fp32 on all but a few
 boundary voxels; the Dice effect on held-out phantoms is reported in ``docs/performance.md``.
@@ -26,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -34,8 +57,8 @@ import torch.nn as nn
 
 from ..common.errors import InputError
 
-__all__ = ["FastPath", "cpu_supports_bf16", "choose_fast_path", "prepare_network", "predict_labels",
-           "has_depthwise_convs"]
+__all__ = ["FastPath", "cpu_class", "cpu_supports_bf16", "choose_backend", "network_family", "choose_fast_path",
+           "prepare_network", "predict_labels", "has_depthwise_convs"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +88,17 @@ class FastPath:
 
 
 def cpu_supports_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX) and oneDNN is available."""
+    """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX) and oneDNN is available.
+
+    False when PyTorch or oneDNN are held to AVX2 (``ATEN_CPU_CAPABILITY=avx2``/``default``,
+    ``ONEDNN_MAX_CPU_ISA=AVX2``...): the way ``bench/run.sh`` measures the no-bf16 CPU class on a bf16 machine, where
+    bf16 would then be emulated (slower than fp32).
+    """
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2", "avx", "sse"):
+        return False
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE",
+                                                             "AVX512_CORE_VNNI", "AVX2_VNNI_2"):
+        return False
     try:
         native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     except AttributeError:  # pragma: no cover - older torch
@@ -73,10 +106,49 @@ def cpu_supports_bf16() -> bool:
     return bool(native and torch.backends.mkldnn.is_available())
 
 
+def cpu_class() -> str:
+    """``"bf16"`` (AVX-512 BF16 or AMX: native bf16), else ``"avx2"`` (what torch's kernels use, e.g. an AVX2-only
+    EPYC or a laptop; ``ATEN_CPU_CAPABILITY=avx2`` forces it) or ``"other"``: the row of the measured rules used."""
+    if cpu_supports_bf16():
+        return "bf16"
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return "avx2" if capability.startswith("avx") else "other"
+
+
 def has_depthwise_convs(network: nn.Module) -> bool:
     """True when the network has grouped convolutions with one channel a group (WP-UNet, SD-UNet)."""
     return any(isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels
                for m in network.modules())
+
+
+#: Backend and slice batch measured fastest per network family on CPUs without native bf16 (``cpu_class() ==
+#: "avx2"``); see the module docstring's AVX2 table and ``docs/perf_notes/issue17_int8.md``.
+AVX2_RULES = {"depthwise": ("onnxruntime", 4), "plain": ("onnxruntime", 8)}
+BACKEND_CHOICES = ("torch", "onnxruntime")
+
+
+def network_family(network: nn.Module) -> str:
+    """``"depthwise"`` (WP-UNet, its channel-pruned copies, SD-UNet) or ``"plain"`` (Pocket, classic U-Net)."""
+    return "depthwise" if has_depthwise_convs(network) else "plain"
+
+
+def choose_backend(network: nn.Module, device: torch.device | str = "cpu",
+                   backend: str = "auto") -> tuple[str, int | None]:
+    """``(backend, slice batch)`` for ``backend="auto"``: the measured rule of this CPU class; explicit values kept.
+
+    CUDA and CPUs with native bf16 (AVX-512 BF16/AMX) keep torch (bf16 + channels_last was fastest there, the
+    table above); on other CPUs :data:`AVX2_RULES` gives the backend per network family. int8 is never chosen
+    here: it lost 2.8 tumour Dice points against fp32 on the held-out phantoms (gate: 0.5) and was slower than ONNX
+    Runtime fp32 for the channel-pruned and demo WP-UNets on this AVX2 CPU without VNNI
+    (``docs/perf_notes/issue17_int8.md``), so it stays opt-in (``configs/inference_int8.json``). The batch is
+    ``None`` for "keep the fast path's own choice".
+    """
+    if backend not in ("auto", *BACKEND_CHOICES):
+        raise InputError(f"--backend {backend!r}: unknown; choose auto or one of {', '.join(BACKEND_CHOICES)}")
+    torch_module = isinstance(network, nn.Module) and any(True for _ in network.parameters())
+    if backend != "auto" or not torch_module or torch.device(device).type != "cpu" or cpu_class() == "bf16":
+        return ("torch" if backend == "auto" else backend), None
+    return AVX2_RULES[network_family(network)]
 
 
 def _check_choice(name: str, value, allowed) -> None:

@@ -29,7 +29,8 @@ from torch import nn
 from ..common.atomic import publish
 from ..common.errors import InputError
 
-__all__ = ["BACKENDS", "check_backend", "export_onnx", "max_abs_difference", "OnnxRuntimeNetwork", "main"]
+__all__ = ["BACKENDS", "check_backend", "export_onnx", "cached_export", "max_abs_difference", "OnnxRuntimeNetwork",
+           "main"]
 
 logger = logging.getLogger(__name__)
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -43,9 +44,9 @@ def check_backend(backend: str, model_path: str | os.PathLike, onnx_path: str | 
     (the MONAI evaluator's ``CheckpointLoader`` would show a traceback, and load NaN weights silently)."""
     from ..common.weights import check_weights_file, read_weights
 
-    if backend not in BACKENDS:
-        raise InputError(f"--backend {backend!r}: unknown; choose one of {', '.join(BACKENDS)}")
-    if backend == "torch":
+    if backend not in (*BACKENDS, "auto"):
+        raise InputError(f"--backend {backend!r}: unknown; choose auto or one of {', '.join(BACKENDS)}")
+    if backend in ("torch", "auto"):  # auto may run ONNX Runtime, but on a model exported from these weights
         read_weights(check_weights_file(model_path))
     elif not Path(onnx_path).is_file():
         raise InputError(f"{onnx_path}: no ONNX model; export one with python -m scripts.inference.onnx_backend --config_file "
@@ -73,6 +74,53 @@ def export_onnx(network: nn.Module, onnx_path: str | os.PathLike, slice_size: Se
         Path(tmp).unlink(missing_ok=True)
         raise
     return onnx_path
+
+
+WEIGHTS_KEY = "bundle_weights_sha256"
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_export(network: nn.Module, model_path: str | os.PathLike, slice_size: Sequence[int] = (256, 256)) -> Path:
+    """The fp32 ONNX model of ``network`` (weights of ``model_path`` already loaded) for ``backend auto``.
+
+    Kept next to the weights as ``<model_path>.auto.onnx`` with the SHA-256 of the weights file in its metadata;
+    re-exported (atomically) when missing, unreadable or made from other weights, so that the first ``auto`` run on
+    an AVX2 CPU pays the export (seconds) once and later runs load it directly.
+    """
+    import onnxruntime as ort
+
+    path = Path(f"{model_path}.auto.onnx")
+    weights = _sha256(model_path)
+    if path.is_file():
+        try:
+            meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+            if meta.custom_metadata_map.get(WEIGHTS_KEY) == weights:
+                return path
+        except Exception:  # damaged or foreign file: export again
+            pass
+    import onnx
+
+    tmp = path.with_name(f".{path.name}.fresh.onnx")
+    try:
+        export_onnx(network, tmp, slice_size)
+        model = onnx.load(str(tmp))
+        onnx.helper.set_model_props(model, {WEIGHTS_KEY: weights})
+        onnx.save(model, str(tmp))
+        publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("exported %s for backend auto (ONNX Runtime)", path)
+    return path
 
 
 class OnnxRuntimeNetwork(nn.Module):

@@ -9,7 +9,8 @@ computed in a different order so that nothing of full resolution is ever held in
    the same axis mapping ``Orientationd`` computes;
 3. slice batches are windowed, area-resized to the network size, run through the network
    (:mod:`scripts.inference.fast_path`) and reduced to uint8 labels at model resolution straight away;
-4. the largest connected components are kept on that small uint8 volume (MONAI's transform, as in the config);
+4. the largest connected components are kept on that small uint8 volume (MONAI's transform's steps, as in the
+   config, with a 32-bit component map: :func:`keep_largest_components`);
 5. labels go back batch by batch (nearest, uint8) into a uint8 volume in the input's own axes, through the same
    orientation view, and the writer the config passes in (``write_segmentation``) saves it in the input's geometry.
 
@@ -28,13 +29,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import KeepLargestConnectedComponent
 
 from ..common.atomic import atomic_write_text
 from ..common.errors import InputError, find_input_error
@@ -42,12 +43,14 @@ from ..common.weights import check_weights_file, load_weights
 from ..data.ct_reader import LoadedCT, read_ct
 from ..data.preprocessing import window_and_resize
 
-__all__ = ["CasesFailed", "StreamingSegmenter", "build_segmenter", "is_3d_network", "network_with_weights", "ras_orientation",
+__all__ = ["CasesFailed", "StreamingSegmenter", "build_segmenter", "is_3d_network", "keep_largest_components",
+           "network_with_weights", "ras_orientation",
            "model_grid_affine"]
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("read", "preprocess", "network", "lcc", "resample", "write")
+_first_batch_logged = False  # the process's first network batch is logged once (issue 17: bench/startup.py)
 
 
 def ras_orientation(affine: np.ndarray) -> np.ndarray:
@@ -89,12 +92,67 @@ def build_segmenter(network: torch.nn.Module, model_path: str | Path, device: to
     ``streaming`` (3D networks, ``--streaming False``: the MONAI evaluator runs instead)."""
     if not streaming:
         return None
+    if backend == "auto":
+        network, backend, options = _auto_backend(network, model_path, device, options)
     return StreamingSegmenter(network_with_weights(network, model_path, device, backend), device, **options)
+
+
+def _auto_backend(network, model_path, device, options: dict):
+    """``backend auto`` (issue 17): the measured rule of this CPU class (``fast_path.choose_backend``); when it is
+    ONNX Runtime, the torch network with its weights is exported once (``onnx_backend.cached_export``)."""
+    from .fast_path import FastPath, choose_backend
+
+    backend, batch = choose_backend(network, device)
+    if backend == "torch":
+        return network, backend, options
+    from .onnx_backend import OnnxRuntimeNetwork, cached_export
+
+    slice_size = options.get("slice_size", (256, 256))
+    onnx_path = cached_export(network_with_weights(network, model_path, "cpu"), model_path, slice_size)
+    path = options.get("fast_path")
+    if path is not None and path.sw_batch_size > 1:  # an explicit --slice_batch_size (auto is 1 on a CPU) is kept
+        batch = path.sw_batch_size
+    logger.info("backend auto: ONNX Runtime (%s), batch %d", onnx_path, batch)
+    return OnnxRuntimeNetwork(onnx_path), "onnxruntime", {**options, "fast_path": FastPath(sw_batch_size=batch)}
 
 
 def _predict_fp32(network: Callable, batch: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return network(batch).float().max(dim=1).indices.to(torch.uint8).cpu()
+
+
+def keep_largest_components(labels: np.ndarray, applied_labels: Sequence[int], num_components: int) -> np.ndarray:
+    """MONAI's ``KeepLargestConnectedComponent(applied_labels, independent=False, num_components)`` on a uint8 label
+    volume (spatial axes only), in bounded memory; ``labels`` is changed in place and returned.
+
+    MONAI's ``get_largest_connected_component_mask`` labels components with ``skimage.measure.label`` (a 64-bit map,
+    8 bytes a voxel) and makes several boolean volumes: at 256x256x1000 model voxels that adds about 0.8 GB to the
+    peak RSS (issue 17). Here the same steps run on the foreground's bounding box only, with
+    ``scipy.ndimage.label`` writing a 32-bit map (full connectivity, as MONAI's ``connectivity=None``; components are
+    numbered in the same raster order, so ties in size are broken the same way); ``tests/test_streaming.py`` checks
+    the result against MONAI's transform.
+    """
+    from scipy import ndimage
+
+    foreground = np.isin(labels, np.asarray(list(applied_labels), dtype=labels.dtype))
+    nonzero = [np.flatnonzero(foreground.any(axis=tuple(a for a in range(labels.ndim) if a != axis)))
+               for axis in range(labels.ndim)]
+    if any(index.size == 0 for index in nonzero):
+        return labels
+    box = tuple(slice(int(index[0]), int(index[-1]) + 1) for index in nonzero)
+    foreground = np.ascontiguousarray(foreground[box])
+    features, count = ndimage.label(foreground, structure=np.ones((3,) * labels.ndim, dtype=bool), output=np.int32)
+    if count <= num_components:
+        return labels
+    sizes = np.bincount(features.reshape(-1))
+    sizes[0] = 0
+    keep = np.zeros(sizes.shape[0], dtype=bool)
+    keep[np.argsort(sizes)[::-1][:num_components]] = True
+    crop = labels[box]
+    for z0 in range(0, crop.shape[-1], 16):  # slab by slab: no full-size boolean temporaries
+        part = crop[..., z0:z0 + 16]
+        part[foreground[..., z0:z0 + 16] & ~keep[features[..., z0:z0 + 16]]] = 0
+    return labels
 
 
 class StreamingSegmenter:
@@ -115,13 +173,15 @@ class StreamingSegmenter:
         collect_statistics: keep, per case, what the cohort statistics need in :attr:`case_info`: the model-resolution
             HU (area average, before the window; float16, 2 bytes per model voxel), the labels before and after the
             largest-connected-component step and that grid's affine (``scripts.evaluation.cohort``).
+        cascade: a :class:`scripts.inference.cascade.KidneyRangeCascade` (issue 17): the network runs on every
+            k-th slice first, then only on the kidneys' axial range plus a margin; ``None`` (default) runs every slice.
     """
 
     def __init__(self, network: torch.nn.Module, device: torch.device | str = "cpu",
                  hu_window: Sequence[float] = (-79, 304), slice_size: Sequence[int] = (256, 256),
                  num_classes: int = 3, lcc_enabled: bool = True, lcc_num_components: int = 2,
                  fast_path=None, skip_empty_slices: bool = True, chunk_slices: int = 16,
-                 collect_statistics: bool = False) -> None:
+                 collect_statistics: bool = False, cascade=None) -> None:
         self.device = torch.device(device)
         self.collect_statistics = bool(collect_statistics)
         self.case_info: dict = {}
@@ -136,12 +196,13 @@ class StreamingSegmenter:
         self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         self.slice_size = (int(slice_size[0]), int(slice_size[1]))
         self.num_classes = int(num_classes)
-        self.lcc = (KeepLargestConnectedComponent(applied_labels=list(range(1, self.num_classes)), independent=False,
-                                                  num_components=int(lcc_num_components)) if lcc_enabled else None)
+        self.lcc = (partial(keep_largest_components, applied_labels=list(range(1, self.num_classes)),
+                            num_components=int(lcc_num_components)) if lcc_enabled else None)
         self.skip_empty_slices = bool(skip_empty_slices)
         batch = fast_path.sw_batch_size if fast_path is not None else chunk_slices
         self.batch_size = max(1, int(batch))
         self.chunk_slices = max(int(chunk_slices), self.batch_size)
+        self.cascade = cascade
         self.timings: dict = {}
 
     # -- one case ---------------------------------------------------------------------------------------------
@@ -171,6 +232,9 @@ class StreamingSegmenter:
         preview = np.zeros((*self.slice_size, depth), dtype=np.uint8)
         model_hu = np.zeros((*self.slice_size, depth), dtype=np.float16) if self.collect_statistics else None
         skipped = 0
+        if self.cascade is not None:
+            grid = model_grid_affine(ct.affine, shape, ornt, self.slice_size)
+            self.cascade.start(depth, np.linalg.norm(grid[:3, :3], axis=0), self.slice_size)
         blocks = ct.axial_blocks(ornt, self.chunk_slices)  # views of the stored array, or slabs read from the file
         while True:
             t0 = time.perf_counter()
@@ -178,12 +242,15 @@ class StreamingSegmenter:
             if block is None:
                 break
             image = self._preprocess(ct, block, model_hu, z0, z1)  # (k, 1, H, W) in [0, 1]
+            block = None  # a view of the reader's window: let the next window replace it, not join it
             preview[:, :, z0:z1] = (image[:, 0] * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
             has_body = image.flatten(1).amax(dim=1) > 0 if self.skip_empty_slices else torch.ones(z1 - z0, dtype=bool)
             t1 = time.perf_counter()
             labels = torch.zeros((z1 - z0, *self.slice_size), dtype=torch.uint8)
+            skipped += (z1 - z0) - int(has_body.sum())
+            if self.cascade is not None:
+                has_body = self.cascade.first_pass(z0, z1, image, has_body)
             body = torch.nonzero(has_body).flatten()
-            skipped += (z1 - z0) - len(body)
             for b0 in range(0, len(body), self.batch_size):
                 index = body[b0:b0 + self.batch_size]
                 labels[index] = self._predict(image[index])
@@ -191,6 +258,11 @@ class StreamingSegmenter:
             timings["preprocess"] += t1 - t0
             timings["network"] += time.perf_counter() - t1
         del blocks, block
+        if self.cascade is not None:
+            t1 = time.perf_counter()
+            for index, batch in self.cascade.second_pass(model_labels, self.batch_size):
+                model_labels[:, :, index] = self._predict(batch).permute(1, 2, 0).numpy()
+            timings["network"] += time.perf_counter() - t1
         if release_input:
             ct.release()
         if after_network is not None:
@@ -198,7 +270,7 @@ class StreamingSegmenter:
         t0 = time.perf_counter()
         pre_lcc = model_labels.copy() if self.collect_statistics else None
         if self.lcc is not None:
-            model_labels = np.asarray(self.lcc(torch.from_numpy(model_labels)[None])[0], dtype=np.uint8)
+            model_labels = self.lcc(model_labels)
         t1 = time.perf_counter()
         if self.collect_statistics:
             self.case_info = {"model_labels": model_labels, "model_hu": model_hu, "pre_lcc_labels": pre_lcc,
@@ -207,6 +279,8 @@ class StreamingSegmenter:
         timings["lcc"], timings["resample"] = t1 - t0, time.perf_counter() - t1
         timings.update(slices=depth, skipped_slices=skipped,
                        fast_path=self.fast_path.describe() if self.fast_path is not None else "fp32 (as given)")
+        if self.cascade is not None:
+            timings["cascade"] = dict(self.cascade.summary)
         self.timings = timings
         return label, preview
 
@@ -224,10 +298,13 @@ class StreamingSegmenter:
 
     def _predict(self, batch: torch.Tensor) -> torch.Tensor:
         if self.fast_path is None:
-            return _predict_fp32(self.network, batch.to(self.device))
-        from .fast_path import predict_labels
+            labels = _predict_fp32(self.network, batch.to(self.device))
+        else:
+            from .fast_path import predict_labels
 
-        return predict_labels(self.network, batch, self.fast_path, self.device)
+            labels = predict_labels(self.network, batch, self.fast_path, self.device)
+        _log_first_batch()
+        return labels
 
     def _back_to_input_grid(self, model_labels: np.ndarray, shape: Sequence[int], ornt: np.ndarray) -> np.ndarray:
         """Nearest-neighbour uint8 upsampling, batch by batch, written through the orientation view."""
@@ -342,9 +419,9 @@ class StreamingSegmenter:
         if recorder is not None:
             recorder.record(ct.source, label, ct.affine, self.case_info, seconds=timings["total"] + read_s - waited)
             self.case_info = {}
-        logger.info("%s %s: %d slices (%d without body skipped) in %.2f s [%s] - %s", tag, ct.source,
+        logger.info("%s %s: %d slices (%d without body skipped) in %.2f s [%s] - %s%s", tag, ct.source,
                     timings["slices"], timings["skipped_slices"], timings["total"], timings["fast_path"],
-                    ", ".join(f"{k} {timings[k]:.2f} s" for k in STAGES))
+                    ", ".join(f"{k} {timings[k]:.2f} s" for k in STAGES), _cascade_note(timings.get("cascade")))
         return timings
 
     def _preview(self, ct: LoadedCT, label: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -365,6 +442,16 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
+def _cascade_note(summary: dict | None) -> str:
+    """The log line's cascade part: slices the kidney-region cascade skipped, or that it found nothing."""
+    if not summary:
+        return ""
+    if not summary["found"]:
+        return "; cascade: no kidney in the first pass, every slice run"
+    start, stop = summary["range"]
+    return f"; cascade: slices {start}..{stop - 1} run, {summary['skipped_slices']} skipped"
+
+
 def _failures_csv(recorder) -> str:
     return str(Path(recorder.output_dir) / "failures.csv") if recorder is not None else "the log above"
 
@@ -378,6 +465,15 @@ def _progress_bar(total: int, enabled: bool, part_id: int, num_parts: int):
     shown = bool(enabled) and total > 0 and sys.stderr is not None and sys.stderr.isatty()
     desc = f"part {part_id + 1}/{num_parts}" if num_parts > 1 else "cases"
     return tqdm(total=total, disable=not shown, unit="case", desc=desc, dynamic_ncols=True)
+
+
+def _log_first_batch() -> None:
+    """One DEBUG line with the wall-clock time of the process's first network batch: what start-up costs the user
+    until the first slice is computed (issue 17; ``bench/startup.py`` reads it)."""
+    global _first_batch_logged
+    if not _first_batch_logged:
+        _first_batch_logged = True
+        logger.debug("first network batch done at unix time %.3f", time.time())
 
 
 def _timed_read(path: str) -> tuple[LoadedCT, float]:

@@ -27,11 +27,13 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from .kits_shapes import RealKidney, load_kits_kidneys
 
 __all__ = [
     "LABELS",
@@ -48,10 +50,12 @@ logger = logging.getLogger(__name__)
 
 #: KiTS21/23 label map written to ``segmentation.nii.gz``.
 LABELS: dict[str, int] = {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}
-#: Contrast phases a case can be drawn in (KiTS21/23 contain both).
-PHASES: tuple[str, ...] = ("corticomedullary", "nephrographic")
-#: In-plane field of view drawn per case (mm); spacing = FOV / in_plane_size, so 512 gives 0.68-0.98 mm.
-FOV_RANGE_MM: tuple[float, float] = (350.0, 500.0)
+#: Contrast phases a case can be drawn in: KiTS21/23 contain the first two; "unenhanced" (no contrast)
+#: is the domain-randomisation phase of issue 18 (the project's one real CT is unenhanced).
+PHASES: tuple[str, ...] = ("corticomedullary", "nephrographic", "unenhanced")
+#: In-plane field of view drawn per case (mm); spacing = FOV / in_plane_size, so 512 gives 0.59-0.98 mm
+#: (the in-plane range of the KiTS23 masks).
+FOV_RANGE_MM: tuple[float, float] = (300.0, 500.0)
 
 _HU_MIN, _HU_MAX = -1024, 3071
 _DESCRIP = b"synthetic phantom: test/demo data, not clinical"
@@ -301,14 +305,21 @@ def _inside_superellipse(grid: _Grid, a: np.ndarray, b: np.ndarray, p_ant: float
     return yp <= (1.0 - x**p_ant)
 
 
-def _tumour_hu(quantile: float, parenchyma: float, medulla: float, cm: bool) -> float:
-    """Tumour mean HU: 70-180 and at least 40 HU below the kidney parenchyma mean.
+def _tumour_hu(quantile: float, parenchyma: float, medulla: float, cm: bool, native: bool = False) -> float:
+    """Tumour mean HU: 70-180 and at least 40 HU below the kidney parenchyma mean (enhanced phases).
+
+    Unenhanced (``native``): renal cell carcinoma is near-isodense to the 25-45 HU parenchyma; drawn 20-35 HU
+    below it (65% of draws) or 20-35 HU above it (haemorrhagic / dense masses), so the class stays visible.
 
     Renal cell carcinoma enhances less than the parenchyma in the nephrographic phase; in the
     corticomedullary phase it usually sits above the medulla and below the cortex. Keeping it >= 40 HU
     from the kidney mean (and above muscle, 40-60 HU) keeps the class learnable. ``quantile`` in [0, 1)
     is the case's draw, so the value can be fixed once the kidney is painted.
     """
+    if native:
+        hypo = quantile < 0.65
+        frac = quantile / 0.65 if hypo else (quantile - 0.65) / 0.35
+        return parenchyma + (-1 if hypo else 1) * (20.0 + 15.0 * frac)
     lo, hi = 70.0, min(180.0, parenchyma - 40.0)
     if cm and max(lo, medulla + 20.0) <= hi:
         lo = max(lo, medulla + 20.0)
@@ -418,14 +429,20 @@ class _Contrast:
     medulla: float
     bone_c: float  # cancellous
     bone_k: float  # cortical
+    blood: float  # heart chambers
+
+    @property
+    def native(self) -> bool:
+        """No contrast agent (unenhanced phase)."""
+        return self.phase == "unenhanced"
 
 
 def _draw_contrast(rng: np.random.Generator, phase: str | None) -> _Contrast:
     """Phase and organ HU; every value of both phases is drawn, so ``phase`` shifts no later draw."""
     u = rng.uniform
-    phase_i = int(rng.integers(0, 2))
+    phase_i = int(rng.choice(3, p=[0.35, 0.35, 0.30]))
     phase_name = PHASES[phase_i] if phase is None else phase
-    cm = phase_name == "corticomedullary"
+    cm, native = phase_name == "corticomedullary", phase_name == "unenhanced"
     hu_fat, hu_fat_in, hu_muscle = u(-120, -80), u(-115, -85), u(40, 60)
     hu_liver, hu_spleen = u(90, 130), u(100, 130)
     aorta_arterial, aorta_venous = u(200, 400), u(150, 200)
@@ -433,10 +450,15 @@ def _draw_contrast(rng: np.random.Generator, phase: str | None) -> _Contrast:
     cortex_a, medulla_a, homog, jitter = u(150, 250), u(60, 100), u(120, 200), rng.uniform(-5, 5, 2)
     hu_cortex, hu_medulla = (cortex_a, medulla_a) if cm else (homog + jitter[0], homog + jitter[1])
     hu_bone_c, hu_bone_k = u(200, 400), u(700, 1200)
+    # Unenhanced: kidney 25-45, liver 40-70, spleen 40-55, blood 35-55 HU (no contrast agent).
+    nat_kidney, nat_liver, nat_spleen, nat_blood = u(25, 45), u(40, 70), u(40, 55), u(35, 55)
+    aorta, ivc = (aorta_arterial, ivc_arterial) if cm else (aorta_venous, ivc_venous)
+    if native:
+        hu_cortex, hu_medulla = nat_kidney + jitter[0], nat_kidney + jitter[1]
+        hu_liver, hu_spleen, aorta, ivc = nat_liver, nat_spleen, nat_blood, nat_blood
     return _Contrast(
-        phase_name, cm, hu_fat, hu_fat_in, hu_muscle, hu_liver, hu_spleen,
-        aorta_arterial if cm else aorta_venous, ivc_arterial if cm else ivc_venous,
-        hu_cortex, hu_medulla, hu_bone_c, hu_bone_k,
+        phase_name, cm, hu_fat, hu_fat_in, hu_muscle, hu_liver, hu_spleen, aorta, ivc,
+        hu_cortex, hu_medulla, hu_bone_c, hu_bone_k, 0.5 * (aorta + ivc),
     )
 
 
@@ -450,6 +472,7 @@ class _Kidneys:
     pyramid_dirs: dict[int, np.ndarray]
     cortex_t: float
     drop_right: float  # the right kidney sits 1-2 cm lower
+    real: dict[int, RealKidney] = field(default_factory=dict)  # KiTS23 shapes painted instead of ellipsoids
 
 
 def _draw_kidney(
@@ -470,6 +493,19 @@ def _draw_kidney(
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     pyramid_dirs = dirs[dirs[:, 0] < 0.4][: int(rng.integers(10, 15))]
     return _Ellipsoid([side * x_c, y_c, z_c], semi, axes), margin, pyramid_dirs
+
+
+def _use_real_kidneys(kidneys: _Kidneys, shapes: dict[int, RealKidney] | None) -> _Kidneys:
+    """Swap each side's ellipsoid for a real KiTS23 kidney (its moment ellipsoid at the drawn centre).
+
+    The real shapes keep their size and orientation; a side without a real kidney is left empty.
+    """
+    if not shapes:
+        return kidneys
+    present = {side: _Ellipsoid(kidneys.present.get(side, kidneys.beds[0 if side == 1 else 1]).centre,
+                                shape.semi, shape.axes) for side, shape in shapes.items()}
+    beds = [present.get(side, bed) for side, bed in zip((1, -1), kidneys.beds)]
+    return replace(kidneys, present=present, beds=beds, real=dict(shapes))
 
 
 def _draw_kidneys(rng: np.random.Generator, hab: _Habitus, single_kidney: bool | None) -> _Kidneys:
@@ -541,14 +577,51 @@ def _draw_cysts(
     return cysts
 
 
-def _draw_z_range(rng: np.random.Generator, objs: list[_Ellipsoid], thickness: float) -> tuple[float, int]:
-    """Bottom z (mm) and slice count: 150-220 mm covering ``objs`` with margin (the anatomy stream's last draws)."""
+@dataclass(frozen=True)
+class _Levels:
+    """Axial landmarks (z in mm, 0 at the left kidney's centre) of the organs above and below the kidneys.
+
+    A KiTS-style scan runs from the lung bases and heart to the pelvis (issue 18): the diaphragm dome sits
+    6-10 cm above the upper kidney poles (T12 -> T9/T10), the iliac crest (L4) 2-5 cm below the lower poles and
+    the femoral heads 13-17 cm below the crest.
+    """
+
+    kidney_top: float
+    kidney_bottom: float
+    dome: float  # right hemidiaphragm = liver dome
+    heart_top: float
+    crest: float  # iliac crest
+    femoral: float  # femoral head centres
+
+
+def _draw_levels(rng: np.random.Generator, beds: list[_Ellipsoid]) -> _Levels:
+    """The axial landmarks around both kidney beds (anatomy stream)."""
+    u = rng.uniform
+    top = max(b.centre[2] + b.half_extent()[2] for b in beds)
+    bottom = min(b.centre[2] - b.half_extent()[2] for b in beds)
+    dome = top + u(60, 100)
+    crest = bottom - u(20, 50)
+    return _Levels(top, bottom, dome, dome + u(90, 120), crest, crest - u(130, 170))
+
+
+def _draw_z_range(
+    rng: np.random.Generator, objs: list[_Ellipsoid], thickness: float, levels: _Levels, coverage: str | None = None
+) -> tuple[float, int]:
+    """Bottom z (mm) and slice count: the kidneys with margin, reaching up to the heart and down to the hips.
+
+    How far the scan extends above and below the kidneys is drawn per case (kidneys only ... lower chest to
+    femoral heads, like KiTS scans); at least 150-220 mm (the anatomy stream's last draws).
+    """
     extent_draw, extent_split = rng.uniform(150, 220), rng.uniform(0.25, 0.75)
-    z_lo = min(o.centre[2] - o.half_extent()[2] for o in objs)
-    z_hi = max(o.centre[2] + o.half_extent()[2] for o in objs)
-    extent = max(extent_draw, z_hi - z_lo + 20)
-    spare = extent - (z_hi - z_lo)
-    z_bottom = z_lo - spare * extent_split
+    up, down = rng.random(2) ** 0.5  # biased towards long coverage
+    if coverage is not None:  # after the draws, so the override shifts nothing else
+        up = down = 1.0 if coverage == "full" else 0.0
+    z_lo = min(o.centre[2] - o.half_extent()[2] for o in objs) - 10
+    z_hi = max(o.centre[2] + o.half_extent()[2] for o in objs) + 10
+    z_hi += up * max(levels.dome + 0.5 * (levels.heart_top - levels.dome) - z_hi, 0)
+    z_lo -= down * max(z_lo - (levels.femoral - 40), 0)
+    extent = max(extent_draw, z_hi - z_lo)
+    z_bottom = z_lo - (extent - (z_hi - z_lo)) * extent_split
     return z_bottom, max(int(round(extent / thickness)), 8)
 
 
@@ -558,8 +631,8 @@ def _draw_z_range(rng: np.random.Generator, objs: list[_Ellipsoid], thickness: f
 class _Scene:
     """A phantom being painted: grid, tissue-id volume, tissue registry, body masks and the scene generator."""
 
-    def __init__(self, grid: _Grid, rng: np.random.Generator, fov: float):
-        self.grid, self.rng, self.fov = grid, rng, fov
+    def __init__(self, grid: _Grid, rng: np.random.Generator, fov: float, levels: _Levels):
+        self.grid, self.rng, self.fov, self.lv = grid, rng, fov, levels
         self.tis = _Tissues()
         self.ids: dict[str, int] = {}
         self.z = grid.coords[2]
@@ -569,6 +642,8 @@ class _Scene:
         # Inside the subcutaneous fat and inside the muscle wall; set by _paint_body_layers.
         self.sub: np.ndarray | None = None
         self.inner: np.ndarray | None = None
+        self.cavity: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))  # its half-axes per slice
+        self.real_masses: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []  # KiTS23 label blocks
 
     def add(self, name: str, hu: float, label: int = 0) -> int:
         """Register a tissue that later stages look up by ``name``; returns its id."""
@@ -603,6 +678,7 @@ def _paint_body_layers(s: _Scene, hab: _Habitus, contrast: _Contrast) -> None:
     np.putmask(s.vol, s.sub, muscle)
     a_in, b_in = a_z - hab.t_sc - hab.t_mus, b_z - hab.t_sc - hab.t_mus
     s.inner = _inside_superellipse(s.grid, a_in, b_in, hab.p_ant, hab.p_post)
+    s.cavity = (a_in, b_in)
     np.putmask(s.vol, s.inner, fat_in)
 
 
@@ -647,7 +723,7 @@ def _paint_bowel_loop(s: _Scene, hab: _Habitus) -> None:
     c = [
         u(-0.85, 0.85) * hab.inner_w,
         u(min(hab.y_ant_spine + 15, hab.inner_ap - 25), hab.inner_ap - 8),
-        u(s.z[0], s.z_top),
+        u(max(s.z[0], s.lv.femoral + 50), min(s.z_top, s.lv.dome - 40)),
     ]
     semi = rng.uniform(10, 24) * rng.uniform(0.7, 1.4, 3)
     ell = _Ellipsoid(c, semi, _random_axes(rng))
@@ -662,7 +738,7 @@ def _paint_stomach(s: _Scene, hab: _Habitus) -> None:
     """Stomach in the upper left with an air-fluid level (gas rises anteriorly in a supine patient)."""
     u = s.rng.uniform
     st = _Ellipsoid(
-        [-u(0.2, 0.45) * hab.inner_w, u(0.25, 0.45) * hab.inner_ap, s.z_top + u(-10, 30)],
+        [-u(0.2, 0.45) * hab.inner_w, u(0.25, 0.45) * hab.inner_ap, s.lv.dome - u(40, 70)],
         [u(40, 60), u(30, 45), u(50, 70)],
     )
     s.paint_inside(st, s.ids["bowel_wall"])
@@ -682,7 +758,7 @@ def _paint_colon(s: _Scene, hab: _Habitus, side: int) -> None:
     r = u(14, 24)
     cx = side * (hab.inner_w - r - u(5, 25)) + u(-5, 5) * np.sin(s.zn * u(2, 6) + u(0, 6))
     cy = hab.y_vert + u(15, 45) + u(-5, 5) * np.cos(s.zn * u(2, 6))
-    zsel = s.zn <= u(0.55, 0.95)
+    zsel = (s.z > s.lv.crest - u(20, 50)) & (s.z < s.lv.kidney_top + u(-20, 20))
     got = _tube_mask(s.grid, cx, cy, r, r * u(0.8, 1.0), zsel)
     if got is None:
         return
@@ -715,10 +791,11 @@ def _paint_liver(s: _Scene, hab: _Habitus, contrast: _Contrast, kidneys: _Kidney
     u, present = s.rng.uniform, kidneys.present
     right_top = present[1].centre[2] + present[1].half_extent()[2] if 1 in present else -kidneys.drop_right + 55
     liver = s.add("liver", contrast.liver)
-    lz = right_top + u(15, 45)
+    semi_z = u(75, 100)
+    lz = max(s.lv.dome - semi_z, right_top - semi_z + 40)  # the dome, and always above the kidney's upper pole
     right_lobe = _Ellipsoid(
         [u(0.35, 0.5) * hab.inner_w, u(-0.1, 0.15) * hab.inner_ap, lz],
-        [u(0.5, 0.65) * hab.inner_w, u(0.65, 0.85) * hab.inner_ap, u(75, 100)],
+        [u(0.5, 0.65) * hab.inner_w, u(0.65, 0.85) * hab.inner_ap, semi_z],
     )
     left_lobe = _Ellipsoid(
         [u(-0.15, 0.1) * hab.inner_w, u(0.3, 0.5) * hab.inner_ap, lz + u(10, 30)],
@@ -744,20 +821,113 @@ def _paint_spleen(s: _Scene, hab: _Habitus, contrast: _Contrast, kidneys: _Kidne
     s.paint_inside(sp, spleen)
 
 
-def _paint_lung_bases(s: _Scene, hab: _Habitus) -> None:
-    """Lung bases (posterior costophrenic recesses) in the top slices, in half of the cases."""
-    rng, u = s.rng, s.rng.uniform
-    if rng.random() >= 0.5:
-        return
-    lung = s.tis.add(u(-900, -750))
+def _paint_lungs(s: _Scene, hab: _Habitus) -> None:
+    """Lungs above the diaphragm domes (the left one lower) and the posterior costophrenic recesses.
+
+    The recesses reach down to the upper kidney poles behind the liver and spleen (T12/L1), so lung appears
+    in a kidney's top slices, as on a real scan; later organs (liver, spleen, kidneys) overwrite them.
+    """
+    u = s.rng.uniform
+    lung = s.add("lung", u(-900, -750))
     for side in (1, -1):
-        depth = u(5, 35)
-        sz = u(120, 180)
-        ell = _Ellipsoid(
-            [side * u(0.4, 0.55) * hab.inner_w, hab.y_vert - u(0, 15), s.z_top + sz - depth],
-            [u(0.35, 0.45) * hab.inner_w, u(0.45, 0.6) * hab.inner_ap, sz],
+        dome = s.lv.dome - (0.0 if side == 1 else u(5, 25))
+        main = _Ellipsoid(
+            [side * u(0.42, 0.52) * hab.inner_w, u(-0.1, 0.1) * hab.inner_ap, dome + 200],
+            [u(0.4, 0.5) * hab.inner_w, u(0.75, 0.9) * hab.inner_ap, 200],
         )
-        s.paint_inside(ell, lung)
+        s.paint_inside(main, lung)
+        bottom = s.lv.kidney_top - u(0, 25)
+        rz = (dome - bottom) / 2 + 30
+        recess = _Ellipsoid(
+            [side * u(0.5, 0.65) * hab.inner_w, hab.y_vert - u(5, 20), bottom + rz],
+            [u(0.25, 0.35) * hab.inner_w, u(0.25, 0.35) * hab.inner_ap, rz],
+        )
+        s.paint_inside(recess, lung)
+
+
+def _paint_heart(s: _Scene, hab: _Habitus, contrast: _Contrast) -> None:
+    """Heart on the diaphragm, left-anterior: pericardial fat, myocardium, blood-filled chambers."""
+    u = s.rng.uniform
+    centre = [-u(10, 35), u(0.15, 0.35) * hab.inner_ap, s.lv.dome + u(35, 55)]
+    semi = np.array([u(50, 65), u(40, 50), u(45, 60)])
+    ang = np.deg2rad(u(20, 45))
+    axes = np.array([[np.cos(ang), np.sin(ang), 0], [-np.sin(ang), np.cos(ang), 0], [0, 0, 1]])
+    myocardium = s.add("myocardium", contrast.muscle + (0.0 if contrast.native else u(40, 80)))
+    s.paint_inside(_Ellipsoid(centre, semi + u(3, 8), axes), s.ids["fat_in"])
+    s.paint_inside(_Ellipsoid(centre, semi, axes), myocardium)
+    s.paint_inside(_Ellipsoid(centre, semi * u(0.6, 0.75), axes), s.add("heart_blood", contrast.blood))
+
+
+def _paint_ribs(s: _Scene, hab: _Habitus) -> None:
+    """Ribs: bony arcs just outside the cavity every 20-30 mm, from the top down to below the kidneys' upper poles."""
+    u = s.rng.uniform
+    period, width, thick = u(20, 30), u(8, 12), u(6, 10)
+    zsel = ((s.z - u(0, period)) % period < width) & (s.z > s.lv.kidney_top - u(20, 50))
+    if not zsel.any():
+        return
+    ks = np.flatnonzero(zsel)
+    zs = slice(int(ks[0]), int(ks[-1]) + 1)
+    a_in, b_in = s.cavity
+    ring = _inside_superellipse(s.grid, a_in[zs] + thick, b_in[zs] + thick, hab.p_ant, hab.p_post)
+    ring &= ~s.inner[:, :, zs] & zsel[zs].reshape(1, 1, -1)
+    # No costal cartilage in front, no rib over the spine.
+    ring &= (s.grid.axis(1) < 0.4 * hab.inner_ap) & (np.abs(s.grid.axis(0)) > hab.vert_rx + 10)
+    np.putmask(s.vol[:, :, zs], ring, s.add("rib", u(250, 600)))
+
+
+def _paint_bone(s: _Scene, ell: _Ellipsoid, rim: float) -> None:
+    """A pelvic bone: cortical shell ``rim`` mm thick around a cancellous core, inside the subcutaneous fat."""
+    if "pelvis_k" not in s.ids:  # the spine's HU, own ids so the bones can be found by name
+        s.add("pelvis_k", s.tis.hu[s.ids["bone_k"]])
+        s.add("pelvis_c", s.tis.hu[s.ids["bone_c"]])
+    _paint_ellipsoid(s.vol, s.grid, ell, s.ids["pelvis_k"], s.sub)
+    core = _Ellipsoid(ell.centre, np.maximum(ell.semi - rim, 0.5), ell.axes)
+    _paint_ellipsoid(s.vol, s.grid, core, s.ids["pelvis_c"], s.sub)
+
+
+def _paint_gluteals(s: _Scene, hab: _Habitus) -> None:
+    """Gluteal muscles behind and beside the iliac wings."""
+    u = s.rng.uniform
+    for side in (1, -1):
+        glut = _Ellipsoid([side * u(80, 110), hab.y_vert - u(20, 45), s.lv.crest - u(70, 100)], [u(40, 55), u(40, 55), u(80, 100)])
+        _paint_ellipsoid(s.vol, s.grid, glut, s.ids["muscle"], s.sub)
+
+
+def _paint_pelvic_bones(s: _Scene, hab: _Habitus) -> None:
+    """Iliac wings (sacroiliac joint to anterior iliac spine, below the crest), femoral heads and necks."""
+    u = s.rng.uniform
+    for side in (1, -1):
+        theta = np.deg2rad(u(30, 50))
+        d = np.array([side * np.cos(theta), np.sin(theta), 0.0])
+        normal = np.array([-d[1], d[0], 0.0])
+        wing = _Ellipsoid(
+            [side * u(70, 90), hab.y_vert + u(15, 35), s.lv.crest - u(45, 60)],
+            [u(6, 9), u(50, 65), u(45, 60)], np.stack([normal, d, [0.0, 0.0, 1.0]]),
+        )
+        _paint_bone(s, wing, u(1.5, 2.5))
+        r = u(22, 27)
+        head = _Ellipsoid([side * u(80, 95), hab.y_vert + u(40, 60), s.lv.femoral], [r, r, r])
+        _paint_bone(s, head, u(1.5, 2.5))
+        tilt = np.deg2rad(u(35, 55))
+        long_axis = np.array([side * np.sin(tilt), 0.0, -np.cos(tilt)])
+        neck_axes = np.stack([np.cross(long_axis, [0.0, 1.0, 0.0]), [0.0, 1.0, 0.0], long_axis])
+        neck = _Ellipsoid(head.centre + long_axis * u(35, 45), [u(12, 16), u(12, 16), u(40, 55)], neck_axes)
+        _paint_bone(s, neck, u(2, 3))
+
+
+def _paint_bladder_rectum(s: _Scene, hab: _Habitus) -> None:
+    """Urinary bladder (anterior, just above the femoral heads) and the rectum in front of the sacrum."""
+    u = s.rng.uniform
+    bladder = _Ellipsoid(
+        [u(-10, 10), u(0.25, 0.5) * hab.inner_ap, s.lv.femoral + u(5, 35)], [u(30, 50), u(25, 40), u(25, 45)]
+    )
+    s.paint_inside(bladder, s.ids["bowel_wall"])
+    s.paint_inside(_Ellipsoid(bladder.centre, bladder.semi - u(2, 4)), s.add("urine", u(0, 20)))
+    r, cy = u(12, 20), hab.y_ant_spine + u(15, 25)
+    zsel = s.z < s.lv.crest - u(40, 70)
+    _paint_tube(s.vol, s.grid, s.ids["bowel_wall"], u(-5, 5), cy, r, r, zsel=zsel, within=s.inner)
+    content = s.ids["gas"] if s.rng.random() < 0.4 else s.ids["stool_soft"]
+    _paint_tube(s.vol, s.grid, content, 0.0, cy, r - 3, r - 3, zsel=zsel, within=s.inner)
 
 
 def _paint_perirenal_fat(s: _Scene, kidneys: _Kidneys) -> None:
@@ -794,16 +964,21 @@ def _vertebral_levels(s: _Scene) -> tuple[np.ndarray, np.ndarray]:
 def _paint_back_muscles(s: _Scene, hab: _Habitus) -> None:
     """Paraspinal (erector spinae) muscles, psoas and quadratus lumborum on both sides."""
     u, muscle = s.rng.uniform, s.ids["muscle"]
-    psoas_r = u(6, 10) + s.zn[::-1] * u(10, 16)  # psoas grows towards the feet
+    lv = s.lv
+    # Psoas: from T12 down, growing towards the crest; quadratus lumborum between the 12th rib and the crest.
+    grow = np.clip((lv.kidney_top - s.z) / max(lv.kidney_top - lv.crest, 1.0), 0.0, 1.3)
+    psoas_r = np.where(s.z < lv.kidney_top + 20, u(6, 10) + grow * u(10, 16), 0.0)
     for side in (1, -1):
         para_x = side * (hab.para_rx + u(2, 6))
         _paint_tube(s.vol, s.grid, muscle, para_x, hab.para_y, hab.para_rx, hab.para_ry, within=s.sub)
         psoas_x = side * (hab.vert_rx + psoas_r * 0.9 + u(0, 4))
         psoas_y = hab.y_vert + u(-4, 4)
-        _paint_tube(s.vol, s.grid, muscle, psoas_x, psoas_y, psoas_r, psoas_r * u(0.8, 1.0), within=s.inner)
+        _paint_tube(
+            s.vol, s.grid, muscle, psoas_x, psoas_y, psoas_r, psoas_r * u(0.8, 1.0), zsel=psoas_r > 0, within=s.inner
+        )
         ql_x = side * (hab.vert_rx + 2 * psoas_r + u(12, 22))
         ql_y = hab.y_vert - u(10, 20)
-        _paint_tube(s.vol, s.grid, muscle, ql_x, ql_y, u(12, 20), u(7, 11), zsel=s.zn < 0.8, within=s.inner)
+        _paint_tube(s.vol, s.grid, muscle, ql_x, ql_y, u(12, 20), u(7, 11), zsel=(s.z < lv.kidney_top) & (s.z > lv.crest), within=s.inner)
 
 
 def _paint_vertebral_body(s: _Scene, hab: _Habitus, is_disc: np.ndarray) -> None:
@@ -844,8 +1019,9 @@ def _paint_vessels(s: _Scene, hab: _Habitus, contrast: _Contrast) -> None:
     _paint_tube(s.vol, s.grid, s.ids["fat_in"], ao_x, ao_y, r_ao + 5, r_ao + 5, within=not_organ)
     _paint_tube(s.vol, s.grid, s.ids["fat_in"], ivc_x, ivc_y, ivc_rx + 5, ivc_ry + 5, within=not_organ)
     del not_organ
-    _paint_tube(s.vol, s.grid, aorta, ao_x, ao_y, r_ao, r_ao, within=s.inner)
-    _paint_tube(s.vol, s.grid, ivc, ivc_x, ivc_y, ivc_rx, ivc_ry, within=s.inner)
+    above_bifurcation = s.z > s.lv.crest - 10  # the great vessels divide into the iliacs at L4
+    _paint_tube(s.vol, s.grid, aorta, ao_x, ao_y, r_ao, r_ao, zsel=above_bifurcation, within=s.inner)
+    _paint_tube(s.vol, s.grid, ivc, ivc_x, ivc_y, ivc_rx, ivc_ry, zsel=above_bifurcation, within=s.inner)
 
 
 def _paint_kidneys(s: _Scene, contrast: _Contrast, kidneys: _Kidneys) -> None:
@@ -854,7 +1030,29 @@ def _paint_kidneys(s: _Scene, contrast: _Contrast, kidneys: _Kidneys) -> None:
     s.add("medulla", contrast.medulla, 1)
     s.add("sinus", s.rng.uniform(-100, -50))
     for side, kid in kidneys.present.items():
-        _paint_kidney(s, kid, kidneys.pyramid_dirs[side], kidneys.cortex_t)
+        if side in kidneys.real:
+            _paint_real_kidney(s, kid, kidneys.real[side], kidneys.pyramid_dirs[side], kidneys.cortex_t)
+        else:
+            _paint_kidney(s, kid, kidneys.pyramid_dirs[side], kidneys.cortex_t)
+
+
+def _paint_real_kidney(s: _Scene, kid: _Ellipsoid, real: RealKidney, pyramid_dirs: np.ndarray, cortex_t: float) -> None:
+    """A KiTS23 kidney centred on ``kid``: cortex on every labelled voxel, pyramids inside the kidney label.
+
+    Its tumour and cyst voxels are kept in ``s.real_masses`` and painted with the other masses.
+    """
+    h = np.abs(kid.axes.T) @ kid.semi * 1.6 + 10
+    sl = s.grid.bbox(kid.centre - h, kid.centre + h)
+    if sl is None:
+        return
+    lab = real.sample([s.grid.axis(d, sl[d]) - np.float32(kid.centre[d]) for d in range(3)])
+    _paint(s.vol, sl, lab > 0, s.ids["cortex"], s.inner)
+    within = np.zeros(s.vol.shape, bool)
+    within[sl] = (lab == 1) & (s.vol[sl] == s.ids["cortex"])
+    rad = max((1 - cortex_t / kid.semi[0] - 0.35) / 2, 0.1)
+    for d in pyramid_dirs:
+        _paint_pyramid(s, kid, d, rad, within)
+    s.real_masses.append((sl, lab))
 
 
 def _paint_kidney(s: _Scene, kid: _Ellipsoid, pyramid_dirs: np.ndarray, cortex_t: float) -> None:
@@ -874,7 +1072,7 @@ def _paint_kidney(s: _Scene, kid: _Ellipsoid, pyramid_dirs: np.ndarray, cortex_t
     _paint(s.vol, sl, (sin_q <= 1) & outer, s.ids["sinus"], s.inner)
 
 
-def _paint_pyramid(s: _Scene, kid: _Ellipsoid, d: np.ndarray, rad: float) -> None:
+def _paint_pyramid(s: _Scene, kid: _Ellipsoid, d: np.ndarray, rad: float, within: np.ndarray | None = None) -> None:
     """A medullary pyramid: a dark oval along direction ``d`` (normalised kidney space) around the sinus."""
     a, b, c = kid.semi
     cn = (0.35 + rad) * d
@@ -888,23 +1086,28 @@ def _paint_pyramid(s: _Scene, kid: _Ellipsoid, d: np.ndarray, rad: float) -> Non
     r_ = du * np.float32(d[0]) + dv * np.float32(d[1]) + dw * np.float32(d[2])
     pyr = (r_ / rad) ** 2 + (du * du + dv * dv + dw * dw - r_ * r_) / 0.27**2 <= 1
     in_kid = (pu / a) ** 2 + (pv / b) ** 2 + (pw / c) ** 2 <= 1
-    _paint(s.vol, psl, pyr & in_kid, s.ids["medulla"], s.inner)
+    _paint(s.vol, psl, pyr & in_kid, s.ids["medulla"], s.inner if within is None else within)
 
 
 def _paint_anatomy(s: _Scene, hab: _Habitus, contrast: _Contrast, kidneys: _Kidneys) -> None:
     """Every organ, in paint order (later stages overwrite earlier ones)."""
     _paint_body_layers(s, hab, contrast)
     _paint_table(s, hab)
+    _paint_gluteals(s, hab)
+    _paint_lungs(s, hab)
     _paint_bowel(s, hab)
     _paint_stomach(s, hab)
     for side in (1, -1):
         _paint_colon(s, hab, side)
     _paint_liver(s, hab, contrast, kidneys)
     _paint_spleen(s, hab, contrast, kidneys)
-    _paint_lung_bases(s, hab)
+    _paint_heart(s, hab, contrast)
     _paint_perirenal_fat(s, kidneys)
     _paint_spine(s, hab, contrast)
+    _paint_pelvic_bones(s, hab)
+    _paint_ribs(s, hab)
     _paint_vessels(s, hab, contrast)
+    _paint_bladder_rectum(s, hab)
     _paint_kidneys(s, contrast, kidneys)
 
 
@@ -956,6 +1159,21 @@ def _tumour_texture(s: _Scene, tum: _Tumour, tid: int, rng: np.random.Generator)
     return sl, tid, amp * _smooth_noise(rng, shape, sig)
 
 
+def _paint_real_masses(s: _Scene, contrast: _Contrast, parenchyma: float, rng: np.random.Generator) -> list:
+    """Tumours (2) and cysts (3) of the KiTS23 kidneys, as labelled; returns their tumour textures."""
+    textures = []
+    for sl, lab in s.real_masses:
+        if (lab == 3).any():
+            _paint(s.vol, sl, lab == 3, s.tis.add(rng.uniform(0, 20), 3), s.inner)
+        if (lab == 2).any():
+            hu = _tumour_hu(rng.random(), parenchyma, contrast.medulla, contrast.cm, contrast.native)
+            tid = s.tis.add(hu, 2)
+            _paint(s.vol, sl, lab == 2, tid, s.inner)
+            sig = np.clip(rng.uniform(2.0, 4.0) / s.grid.spacing, 0.5, None)
+            textures.append((sl, tid, rng.uniform(20, 35) * _smooth_noise(rng, lab.shape, sig)))
+    return textures
+
+
 def _paint_masses(
     s: _Scene, contrast: _Contrast, tumours: list[_Tumour], cysts: list, rng_tum: np.random.Generator
 ) -> list:
@@ -965,9 +1183,9 @@ def _paint_masses(
     parenchyma = _parenchyma_hu(s, contrast)
     protected = [s.ids["cortex"], s.ids["medulla"], s.ids["sinus"]]
     protected += [t for t in range(len(s.tis.label)) if s.tis.label[t] in (2, 3)]
-    textures = []
+    textures = _paint_real_masses(s, contrast, parenchyma, rng_tum)
     for tum in tumours:
-        tid = _paint_tumour(s, tum, _tumour_hu(tum.hu_quantile, parenchyma, contrast.medulla, contrast.cm), protected)
+        tid = _paint_tumour(s, tum, _tumour_hu(tum.hu_quantile, parenchyma, contrast.medulla, contrast.cm, contrast.native), protected)
         texture = _tumour_texture(s, tum, tid, rng_tum)
         if texture is not None:
             textures.append(texture)
@@ -1030,6 +1248,8 @@ def generate_phantom(
     num_tumours: int | None = None,
     num_cysts: int | None = None,
     single_kidney: bool | None = None,
+    kidney_shapes: dict[int, RealKidney] | None = None,
+    coverage: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generate one SYNTHETIC KiTS-like abdominal CT phantom (test/demo data, not clinical evidence).
 
@@ -1051,6 +1271,11 @@ def generate_phantom(
         num_tumours: number of tumours (0-3 drawn, at least one in about 85% of cases) when None.
         num_cysts: number of cysts (0-2 drawn) when None.
         single_kidney: True simulates a nephrectomy (one kidney); drawn (10%) when None.
+        kidney_shapes: real kidneys by side (+1 right, -1 left; :func:`scripts.synthetic.kits_shapes.load_kits_kidneys`)
+            painted, with their tumours and cysts as labelled, in place of the drawn ellipsoids (SEMI-SYNTHETIC
+            case); then no tumour or cyst is drawn unless ``num_tumours``/``num_cysts`` ask for them.
+        coverage: axial range of the scan: "kidneys" (the kidneys with a margin, at least 150-220 mm), "full"
+            (lung bases and heart down to the femoral heads) or None (drawn in between, biased to long scans).
 
     Returns:
         ``(image, label, affine)``: ``image`` int16 HU in [-1024, 3071], ``label`` uint8 with values in
@@ -1058,31 +1283,47 @@ def generate_phantom(
         in RAS voxel order, and the 4x4 RAS affine (diagonal spacing, field of view centred on 0).
     """
     _check_overrides(phase, num_tumours, num_cysts)
+    if coverage not in (None, "kidneys", "full"):
+        raise ValueError(f"coverage must be 'kidneys', 'full' or None, got {coverage!r}")
+    scene, textures, rng_noise = _build_scene(
+        seed, in_plane_size, (slice_thickness, slice_thickness_range), phase, (num_tumours, num_cysts),
+        single_kidney, kidney_shapes, coverage,
+    )
+    image = _render_image(scene, textures, rng_noise)
+    sp = scene.grid.spacing
+    return image, scene.labels(), _affine(scene.grid.shape, float(sp[0]), float(sp[2]))
+
+
+def _build_scene(seed, in_plane_size, thickness_args, phase, masses, single_kidney, kidney_shapes, coverage):
+    """Draw every stage and paint the tissue-id scene; returns (scene, tumour textures, noise generator)."""
     # One generator per stage, so an override (or a different number of masses) in one stage never
     # shifts the draws of another, and the anatomy does not depend on in_plane_size.
     rng_acq, rng, rng_tum, rng_cyst, rng_scene, rng_noise = _stage_generators(seed)
-    fov, thickness = _draw_acquisition(rng_acq, in_plane_size, slice_thickness, slice_thickness_range)
+    fov, thickness = _draw_acquisition(rng_acq, in_plane_size, *thickness_args)
     habitus = _draw_habitus(rng, fov)
     contrast = _draw_contrast(rng, phase)
-    kidneys = _draw_kidneys(rng, habitus, single_kidney)
+    kidneys = _use_real_kidneys(_draw_kidneys(rng, habitus, single_kidney), kidney_shapes)
+    num_tumours, num_cysts = masses
+    if kidney_shapes:
+        num_tumours, num_cysts = num_tumours or 0, num_cysts or 0
     tumours = _draw_tumours(rng_tum, kidneys.present, num_tumours)
     cysts = _draw_cysts(rng_cyst, kidneys.present, num_cysts)
     # The z range covers both kidney beds (also after a nephrectomy) and all masses.
     objs = kidneys.beds + [lobe for t in tumours for lobe in t.lobes] + [c[0] for c in cysts]
-    z_bottom, nz = _draw_z_range(rng, objs, thickness)
+    levels = _draw_levels(rng, kidneys.beds)
+    z_bottom, nz = _draw_z_range(rng, objs, thickness, levels, coverage)
     sxy = fov / in_plane_size
     shape = (in_plane_size, in_plane_size, nz)
     grid = _place_grid(rng_scene, fov, habitus.half_ap, shape, (sxy, sxy, thickness), z_bottom)
-    scene = _Scene(grid, rng_scene, fov)
+    scene = _Scene(grid, rng_scene, fov, levels)
     _paint_anatomy(scene, habitus, contrast, kidneys)
     textures = _paint_masses(scene, contrast, tumours, cysts, rng_tum)
-    label = scene.labels()
-    image = _render_image(scene, textures, rng_noise)
     logger.debug(
-        "phantom seed=%d shape=%s spacing=(%.3f, %.3f, %.2f) phase=%s kidneys=%d tumours=%d cysts=%d",
-        seed, grid.shape, sxy, sxy, thickness, contrast.phase, len(kidneys.present), len(tumours), len(cysts),
+        "phantom seed=%d shape=%s spacing=(%.3f, %.3f, %.2f) phase=%s kidneys=%d (real: %d) tumours=%d cysts=%d",
+        seed, grid.shape, sxy, sxy, thickness, contrast.phase, len(kidneys.present), len(kidneys.real),
+        len(tumours), len(cysts),
     )
-    return image, label, _affine(grid.shape, sxy, thickness)
+    return scene, textures, rng_noise
 
 
 def ras_to_kits(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1191,6 +1432,8 @@ def generate_dataset(
     slice_thickness_range: tuple[float, float] = (1.0, 5.0),
     kits_fraction: float = 0.5,
     first_case: int = 0,
+    kidney_masks: Sequence[str | os.PathLike] | None = None,
+    kidney_mask_fraction: float = 0.5,
 ) -> list[str]:
     """Write ``num_cases`` SYNTHETIC phantom cases in the KiTS layout plus ``SYNTHETIC_README.txt``.
 
@@ -1205,6 +1448,10 @@ def generate_dataset(
         slice_thickness_range: (low, high) mm range for each case's slice thickness.
         kits_fraction: fraction of cases stored like real KiTS (I, P, L); the rest are stored RAS.
         first_case: index of the first case folder.
+        kidney_masks: KiTS23 ``*_segmentation.nii.gz`` files read at run time (never copied): a
+            ``kidney_mask_fraction`` of the cases take their kidneys, tumours and cysts from them
+            (SEMI-SYNTHETIC; case ``c`` uses mask ``c % len(kidney_masks)``); None or [] = procedural only.
+        kidney_mask_fraction: share of the cases built on a real mask when ``kidney_masks`` is given.
 
     Returns:
         The case folder paths, in order.
@@ -1219,8 +1466,11 @@ def generate_dataset(
     folders = []
     for case in range(first_case, first_case + num_cases):
         cs = _case_seed(seed, case)
+        shapes = None
+        if kidney_masks and (cs * 0.7548776662466927) % 1.0 < kidney_mask_fraction:
+            shapes = load_kits_kidneys(os.fspath(kidney_masks[case % len(kidney_masks)]))
         image, label, affine = generate_phantom(
-            cs, in_plane_size=in_plane_size, slice_thickness_range=tuple(slice_thickness_range)
+            cs, in_plane_size=in_plane_size, slice_thickness_range=tuple(slice_thickness_range), kidney_shapes=shapes
         )
         storage = _case_storage(cs, kits_fraction)
         folders.append(write_kits_case(out_dir, case, image, label, affine, storage=storage))

@@ -49,6 +49,14 @@ def list_last_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def checkpoint_epoch(path: str | os.PathLike) -> int:
+    """N of ``last_checkpoint_N.pt`` (epochs done when it was saved)."""
+    match = _PATTERN.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not a last_checkpoint_N.pt file")
+    return int(match.group(1))
+
+
 def find_last_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     """Newest ``last_checkpoint_N.pt`` in ``ckpt_dir`` (highest N), or None."""
     found = list_last_checkpoints(ckpt_dir)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from monai.handlers import from_engine
 
-from .checkpoint import find_last_checkpoint
+from .checkpoint import checkpoint_epoch, list_last_checkpoints
 
 __all__ = ["from_engine_channel", "ValidateAtEnd", "StartFreshAfterFinishedRun"]
 
@@ -69,14 +69,13 @@ class StartFreshAfterFinishedRun:
     def __call__(self, engine) -> None:
         import ignite.distributed as idist
 
-        newest = find_last_checkpoint(self.save_dir)
+        checkpoints = list_last_checkpoints(self.save_dir)  # newest first
         max_epochs = engine.state.max_epochs
-        if newest is None or max_epochs is None or int(newest.stem.rsplit("_", 1)[1]) < max_epochs:
+        if not checkpoints or max_epochs is None or checkpoint_epoch(checkpoints[0]) < max_epochs:
             return
+        newest = checkpoints[0]
         if idist.get_rank() == 0:
-            prefix = newest.stem.rsplit("_", 1)[0]  # last_checkpoint
-            for path in newest.parent.glob(f"{prefix}_*.pt"):
-                if path.stem.rsplit("_", 1)[1].isdigit():
-                    path.unlink(missing_ok=True)
+            for path in checkpoints:
+                path.unlink(missing_ok=True)
         idist.barrier()
         logger.info("%s is a finished run (%d epochs requested): starting a new run", newest, max_epochs)
