@@ -25,7 +25,7 @@ import torch
 
 from conftest import BUNDLE_ROOT, run_inference
 from scripts.common.checks import check_bool_flags
-from scripts.common.errors import InputError, find_input_error
+from scripts.common.errors import InputError, find_in_chain, find_input_error, report_input_error
 from scripts.data.datalist import load_datalist
 from scripts.data.layout import IMAGE_NAME, LABEL_NAME
 from scripts.data.checks import check_datalist, check_image_file
@@ -365,3 +365,27 @@ def test_bad_fast_path_values_are_one_line_errors(tmp_path, phantom_dir, tiny_we
         pytest.skip("fp16 is valid on a CUDA device")
     image = phantom_dir / "case_00000" / "imaging.nii.gz"
     expect_clean_failure(phantom_dir, image, tmp_path / "out", tiny_weights, needle, **overrides)
+
+
+def test_error_chain_helpers_find_wrapped_errors(capsys, monkeypatch):
+    """MONAI wraps what a config expression raises: the helpers walk the cause/context chain (cycles included)."""
+    monkeypatch.delenv("BUNDLE_DEBUG", raising=False)
+    try:
+        try:
+            raise InputError("/data/case_00001/imaging.nii.gz: truncated file")
+        except InputError as inner:
+            raise RuntimeError("config expression failed") from inner
+    except RuntimeError as outer:
+        wrapped = outer
+    assert isinstance(find_in_chain(wrapped, InputError), InputError)
+    assert find_in_chain(wrapped, KeyError) is None
+    assert report_input_error(wrapped, prefix="kidney-seg: ") == 2
+    assert capsys.readouterr().err == "kidney-seg: error: /data/case_00001/imaging.nii.gz: truncated file\n"
+
+    cyclic = RuntimeError("a")
+    cyclic.__context__ = ValueError("b")
+    cyclic.__context__.__context__ = cyclic
+    assert find_in_chain(cyclic, KeyError) is None
+    assert report_input_error(cyclic) is None  # not bad input: the caller re-raises with the traceback
+    monkeypatch.setenv("BUNDLE_DEBUG", "1")
+    assert report_input_error(wrapped) is None

@@ -10,11 +10,10 @@ Exit codes: those of the workflow; 2 for the errors above. ``BUNDLE_DEBUG=1`` sh
 from __future__ import annotations
 
 import ast
-import os
 import sys
 from collections.abc import Sequence
 
-from ..common.errors import InputError, find_input_error
+from ..common.errors import InputError, report_input_error
 from .validate import check_config_files, check_run_id
 
 __all__ = ["check_bundle_args", "main"]
@@ -67,11 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     and not name.startswith("_") and getattr(value, "__module__", "").startswith("monai.bundle")}
         fire.Fire(commands, command=argv, name="python -m scripts.cli.bundle")
     except Exception as exc:
-        message = find_input_error(exc)
-        if message is None or os.environ.get("BUNDLE_DEBUG"):
+        code = report_input_error(exc)
+        if code is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return code
     return 0
 
 

@@ -138,6 +138,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _run_cases(configs, overrides, quiet: bool, prog: str) -> int:
     """Run the workflow; 1 when some cases failed (listed in failures.csv), 0 when all are done."""
+    from ..common.errors import find_in_chain
     from ..inference.streaming import CasesFailed
     from .runner import run_inferring
 
@@ -150,7 +151,7 @@ def _run_cases(configs, overrides, quiet: bool, prog: str) -> int:
             with logging_redirect_tqdm():
                 run_inferring(configs, overrides)
     except Exception as exc:
-        failed = _in_chain(exc, CasesFailed)  # MONAI wraps what a config expression raises
+        failed = find_in_chain(exc, CasesFailed)  # MONAI wraps what a config expression raises
         if failed is None:
             raise
         print(f"{prog}: {failed.message}", file=sys.stderr)
@@ -185,31 +186,20 @@ def _merge_after_all_ranks(dist, output: str) -> None:
     dist.destroy_process_group()
 
 
-def _in_chain(exc: BaseException | None, kind: type) -> BaseException | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``kidney-seg`` (``[project.scripts]``); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.quiet)
-    from ..common.errors import find_input_error
+    from ..common.errors import report_input_error
 
     try:
         return run(args, parser)
     except Exception as exc:
-        message = find_input_error(exc)
-        if message is None or os.environ.get("BUNDLE_DEBUG"):
+        code = report_input_error(exc, prefix=f"{parser.prog}: ")
+        if code is None:
             raise
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        return 2
+        return code
 
 
 if __name__ == "__main__":

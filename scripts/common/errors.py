@@ -14,7 +14,10 @@ from types import TracebackType
 
 from ignite.engine import Engine, Events
 
-__all__ = ["InputError", "OutputError", "find_input_error", "install_excepthook", "InputErrorHandler"]
+__all__ = [
+    "InputError", "OutputError", "find_in_chain", "find_input_error", "report_input_error", "install_excepthook",
+    "InputErrorHandler",
+]
 
 _MARKER = "[bundle input error] "
 
@@ -38,18 +41,41 @@ class OutputError(InputError):
     """
 
 
-def find_input_error(exc: BaseException | None) -> str | None:
-    """Return the one-line message of an InputError in ``exc``'s cause/context chain, else None."""
+def _chain(exc: BaseException | None):
+    """Yield ``exc`` and its causes/contexts once each (MONAI and ignite wrap what a config expression raises)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, InputError):
-            return exc.message
-        text = str(exc)
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def find_in_chain(exc: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """Return the first exception of type ``kind`` in ``exc``'s cause/context chain, else None."""
+    return next((link for link in _chain(exc) if isinstance(link, kind)), None)
+
+
+def find_input_error(exc: BaseException | None) -> str | None:
+    """Return the one-line message of an InputError in ``exc``'s cause/context chain, else None."""
+    for link in _chain(exc):
+        if isinstance(link, InputError):
+            return link.message
+        text = str(link)
         if _MARKER in text:  # re-raised by a DataLoader worker as another exception type
             return text.split(_MARKER, 1)[1].splitlines()[0]
-        exc = exc.__cause__ or exc.__context__
     return None
+
+
+def report_input_error(exc: BaseException, prefix: str = "") -> int | None:
+    """Print ``{prefix}error: <message>`` for an InputError in ``exc``'s chain and return exit code 2.
+
+    Returns None (the caller re-raises) for any other exception, or when ``BUNDLE_DEBUG`` asks for tracebacks.
+    """
+    message = find_input_error(exc)
+    if message is None or os.environ.get("BUNDLE_DEBUG"):
+        return None
+    print(f"{prefix}error: {message}", file=sys.stderr)
+    return 2
 
 
 def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
