@@ -212,6 +212,9 @@ def test_auto_backend_on_avx2_matches_torch_fp32_labels(trained, phantom_dir, tm
         torch.save({"model": other.state_dict()}, weights)
         build_segmenter(copy.deepcopy(trained), weights, "cpu", backend="auto", **options)
         assert cache.stat().st_mtime_ns != stamp  # other weights: exported again
+        cache.write_bytes(cache.read_bytes()[:100])  # damaged (e.g. a copy cut short): exported again, not an error
+        again = build_segmenter(copy.deepcopy(trained), weights, "cpu", backend="auto", **options)
+        assert isinstance(again.network, OnnxRuntimeNetwork) and cache.stat().st_size > 1000
 
 
 @pytest.mark.slow

@@ -34,9 +34,13 @@ SD-UNet (1)                 3714   2115           723       531       686       
 WP-UNet dense (1)           3834   2122           579       572       704          405          699 / 796
 ==========================  =====  =============  ========  ========  ===========  ===========  ==========
 
-so on a CPU without native bf16 ``backend auto`` runs ONNX Runtime fp32 for both families (:data:`AVX2_RULES`,
-:func:`choose_backend`), with slice batches of 4 (depthwise) or 8 (plain) when the slice batch is left at its
-CPU default; int8 is not chosen (opt-in, ``configs/inference_int8.json``).
+so on a CPU without native bf16 ``backend auto`` runs ONNX Runtime fp32 with slice batches of 4 for the depthwise
+family (:data:`AVX2_RULES`, :func:`choose_backend`). End to end on an idle machine (``bench/backend_e2e.py``,
+process time, 512x512x200 SYNTHETIC CT) that is 1.67x (dense WP-UNet) and 1.28x (channel-pruned) faster than torch,
+at 450-850 MB more peak RSS (ONNX Runtime's memory arena; without it the speed-up is gone); for Pocket U-Net
+(plain family) ONNX Runtime was 0.94x, so plain networks keep torch. int8 is not chosen (opt-in,
+``configs/inference_int8.json``). The default ``backend`` stays ``torch`` (memory, and no file written beside
+the weights).
 
 On CUDA "auto" is fp16 autocast with large slice batches; channels_last only
 for networks without depthwise convolutions (an H100 run, ``docs/gpu.md``: channels_last slowed WP-UNet 1126 -> 793
@@ -123,7 +127,7 @@ def has_depthwise_convs(network: nn.Module) -> bool:
 
 #: Backend and slice batch measured fastest per network family on CPUs without native bf16 (``cpu_class() ==
 #: "avx2"``); see the module docstring's AVX2 table and ``docs/perf_notes/issue17_int8.md``.
-AVX2_RULES = {"depthwise": ("onnxruntime", 4), "plain": ("onnxruntime", 8)}
+AVX2_RULES = {"depthwise": ("onnxruntime", 4), "plain": ("torch", None)}
 BACKEND_CHOICES = ("torch", "onnxruntime")
 
 

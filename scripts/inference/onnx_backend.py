@@ -96,19 +96,17 @@ def cached_export(network: nn.Module, model_path: str | os.PathLike, slice_size:
     re-exported (atomically) when missing, unreadable or made from other weights, so that the first ``auto`` run on
     an AVX2 CPU pays the export (seconds) once and later runs load it directly.
     """
-    import onnxruntime as ort
+    import onnx
 
     path = Path(f"{model_path}.auto.onnx")
     weights = _sha256(model_path)
     if path.is_file():
         try:
-            meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
-            if meta.custom_metadata_map.get(WEIGHTS_KEY) == weights:
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            if props.get(WEIGHTS_KEY) == weights:
                 return path
         except Exception:  # damaged or foreign file: export again
             pass
-    import onnx
-
     tmp = path.with_name(f".{path.name}.fresh.onnx")
     try:
         export_onnx(network, tmp, slice_size)
