@@ -20,24 +20,12 @@ from scripts.common.errors import InputError
 from scripts.data.ct_reader import LoadedCT
 from scripts.inference.cascade import KidneyRangeCascade, check_cascade, kidney_slice_range, sampled_slices
 from scripts.inference.streaming import StreamingSegmenter
-from test_inference_geometry import ThresholdNet
+from test_inference_geometry import CountingNet, ThresholdNet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEPTH, SLICE_MM = 80, 3.0
 KIDNEY = (20, 30)  # RAS slices with the bright "kidney" box (label 1/2 from ThresholdNet)
 SPECK = (59, 62)  # a 2x2-voxel bright speck: 4 mm^2 at model resolution, below min_area_mm2
-
-
-class CountingNet(torch.nn.Module):
-    """ThresholdNet that records which slices (by their content) it ran on: its input's count."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner, self.slices = ThresholdNet(), 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.slices += x.shape[0]
-        return self.inner(x)
 
 
 def _ras_volume(kidney=KIDNEY, speck=SPECK) -> np.ndarray:

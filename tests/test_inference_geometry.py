@@ -49,6 +49,18 @@ class ThresholdNet(torch.nn.Module):
         return torch.cat([1 - foreground, foreground * (1 - quadrant), foreground * quadrant], dim=1)
 
 
+class CountingNet(torch.nn.Module):
+    """ThresholdNet that counts the slices it is asked about (``slices``: the batch sizes it saw, summed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.slices = ThresholdNet(), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.slices += x.shape[0]
+        return self.inner(x)
+
+
 @pytest.fixture(scope="module")
 def threshold_weights(tmp_path_factory) -> Path:
     """ThresholdNet has no parameters; the checkpoint loader still wants a file."""

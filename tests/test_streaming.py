@@ -22,7 +22,7 @@ from scripts.networks import PocketUNet, WPUNet
 from scripts.synthetic.phantoms import generate_phantom, write_kits_case
 from scripts.inference.streaming import (StreamingSegmenter, build_segmenter, is_3d_network,
                                         keep_largest_components, model_grid_affine, ras_orientation)
-from test_inference_geometry import ThresholdNet, run_inference, save_nifti, synthetic_case
+from test_inference_geometry import CountingNet, ThresholdNet, run_inference, save_nifti, synthetic_case
 
 FP32 = {"precision": "fp32", "channels_last": False, "fold_batchnorm": False, "compile": "none"}
 
@@ -98,23 +98,11 @@ def test_orientation_and_resize_exact(tmp_path, axcodes):
     np.testing.assert_allclose(out_affine, nib.load(str(scan)).affine)
 
 
-class _CountingNet(torch.nn.Module):
-    """ThresholdNet that counts the slices it is asked about."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner, self.slices = ThresholdNet(), 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.slices += x.shape[0]
-        return self.inner(x)
-
-
 def test_skip_empty_slices():
     ras = np.full((40, 40, 12), -1000, np.int16)  # air everywhere...
     ras[10:30, 10:30, 4:9] = 200  # ...a body only on slices 4..8
     ct = LoadedCT("air.nii.gz", ras, np.diag([1.0, 1.0, 2.0, 1.0]))
-    net = _CountingNet()
+    net = CountingNet()
     segmenter = StreamingSegmenter(net, slice_size=(32, 32), lcc_enabled=False, skip_empty_slices=True)
     label, _ = segmenter.segment(ct)
     assert net.slices == 5 and segmenter.timings["skipped_slices"] == 7
