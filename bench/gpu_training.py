@@ -108,15 +108,6 @@ def bundle(run_id: str, configs: list[str], **overrides) -> list[str]:
     return bundle_command(run_id, configs, **overrides)
 
 
-def _write_case(task: tuple) -> None:
-    from cache_bench import make_volume
-    from scripts.synthetic.phantoms import write_kits_case
-
-    data_dir, case, depth = task
-    image, label, affine = make_volume(case, depth)
-    write_kits_case(Path(data_dir), case, image, label, affine, storage="kits")
-
-
 def _phantoms(task: tuple) -> None:
     from scripts.synthetic.phantoms import generate_dataset
 
@@ -126,13 +117,11 @@ def _phantoms(task: tuple) -> None:
 
 
 def part_cache(args, out: Path, work: Path, results: dict) -> None:
-    import numpy as np
+    from cache_bench import generate  # the same SYNTHETIC KiTS-size cases as the CPU cache benchmark
 
     data, cache = work / "kits_size", work / "kits_cache"
-    depths = np.random.default_rng(0).integers(100, 401, size=args.cases).tolist()
     started = time.perf_counter()
-    with multiprocessing.Pool(args.workers) as pool:
-        pool.map(_write_case, [(str(data), c, d) for c, d in enumerate(depths)])
+    depths = generate(data, args.cases, seed=0, workers=args.workers)
     part = {"cases": args.cases, "slices": sum(depths), "generation_s": round(time.perf_counter() - started, 1)}
     started = time.perf_counter()
     folds = min(5, args.cases)
