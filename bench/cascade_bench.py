@@ -17,7 +17,7 @@ every slice and whether its kidney range (found slices +- the margin) covers the
 times (``python -m monai.bundle run inferring`` start to exit) with ``--cascade False/True`` are measured for the
 real CT and the first phantom.
 
-    python bench/cascade_bench.py --weights /tmp/weights/model_synthetic_gpu.pt --work /tmp/cascade
+    python bench/cascade_bench.py --weights models/model.pt --work /tmp/cascade
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ slice_thickness_range=(2.5, 5.0), first_case=100)``, never used for calibration.
 by ``auto`` only if neither region loses more than 0.5 point. Network time per slice (segmenter timings, skipped
 air slices excluded, 1 thread by default) is given beside it. Nothing here is evidence of accuracy on real CT.
 
-    nice .venv/bin/python bench/int8_dice.py --weights /tmp/weights/model_synthetic_gpu.pt
+    nice .venv/bin/python bench/int8_dice.py --weights models/model.pt
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def train_stand_in(case_dirs: list[Path], minutes: float, out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, default=Path("/tmp/weights/model_synthetic_gpu.pt"))
+    parser.add_argument("--weights", type=Path, default=REPO / "models" / "model.pt", help="demo weights (bash demo.sh)")
     parser.add_argument("--test-cases", type=int, default=8)
     parser.add_argument("--calibration-cases", type=int, default=4)
     parser.add_argument("--calibration-slices", type=int, default=64)
