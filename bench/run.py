@@ -415,7 +415,7 @@ def render(result: dict) -> str:
             lines.append(f"| {name} | {r['run_s']:.2f} | {r['peak_rss_mb']:.0f} |")
     if result["memory"]:
         lines += ["", "### Peak RSS vs slices (Pocket U-Net 2D, auto, 512x512, no preview)", "",
-                  "`kits`: stored like KiTS (slice axis first, the fastest on disk: the CT is read whole, int16); "
+                  "`kits`: stored like KiTS (slice axis first, the fastest on disk: read in windows of axial slices of at most 256 MB, one pass over the file each; int16); "
                   "`ras`: axial axis last on disk (most DICOM conversions): read slab by slab.", "",
                   "| storage | slices | peak RSS (MB) | run (s) |", "|---|---:|---:|---:|"]
         for r in result["memory"].values():
