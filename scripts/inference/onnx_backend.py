@@ -19,7 +19,7 @@ import argparse
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -89,12 +89,14 @@ def _sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def cached_export(network: nn.Module, model_path: str | os.PathLike, slice_size: Sequence[int] = (256, 256)) -> Path:
-    """The fp32 ONNX model of ``network`` (weights of ``model_path`` already loaded) for ``backend auto``.
+def cached_export(load_network: Callable[[], nn.Module], model_path: str | os.PathLike,
+                  slice_size: Sequence[int] = (256, 256)) -> Path:
+    """The fp32 ONNX model of ``load_network()`` (the network with the weights of ``model_path``) for ``backend auto``.
 
     Kept next to the weights as ``<model_path>.auto.onnx`` with the SHA-256 of the weights file in its metadata;
     re-exported (atomically) when missing, unreadable or made from other weights, so that the first ``auto`` run on
-    an AVX2 CPU pays the export (seconds) once and later runs load it directly.
+    an AVX2 CPU pays the export (seconds) once and later runs load it directly (``load_network`` is called only
+    when exporting).
     """
     import onnx
 
@@ -109,7 +111,7 @@ def cached_export(network: nn.Module, model_path: str | os.PathLike, slice_size:
             pass
     tmp = path.with_name(f".{path.name}.fresh.onnx")
     try:
-        export_onnx(network, tmp, slice_size)
+        export_onnx(load_network(), tmp, slice_size)
         model = onnx.load(str(tmp))
         onnx.helper.set_model_props(model, {WEIGHTS_KEY: weights})
         onnx.save(model, str(tmp))

@@ -108,7 +108,8 @@ def _auto_backend(network, model_path, device, options: dict):
     from .onnx_backend import OnnxRuntimeNetwork, cached_export
 
     slice_size = options.get("slice_size", (256, 256))
-    onnx_path = cached_export(network_with_weights(network, model_path, "cpu"), model_path, slice_size)
+    check_weights_file(model_path)  # the weights are loaded (and checked) only when the export is not cached
+    onnx_path = cached_export(partial(network_with_weights, network, model_path, "cpu"), model_path, slice_size)
     path = options.get("fast_path")
     if path is not None and path.sw_batch_size > 1:  # an explicit --slice_batch_size (auto is 1 on a CPU) is kept
         batch = path.sw_batch_size
