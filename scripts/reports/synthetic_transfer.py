@@ -17,13 +17,13 @@ Every step is the bundle's own command line (``inferring``, ``evaluating``), run
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from ..common.atomic import replace_marked_block
 from ..synthetic.checkset import generate_check_dataset
 from ..synthetic.kits_shapes import list_kits_masks, split_kits_masks
 from .workflow import BUNDLE_ROOT, bundle_command, run_step
@@ -125,14 +125,8 @@ def _metric(m: dict, name: str) -> str:
 
 
 def write_section(results_md: Path, text: str) -> None:
-    """Replace (or append) the marked section of docs/results.md."""
-    old = results_md.read_text() if results_md.exists() else ""
-    block = f"{START}\n{text.rstrip()}\n{END}\n"
-    if START in old and END in old:
-        new = re.sub(re.escape(START) + ".*?" + re.escape(END) + "\n?", lambda _: block, old, flags=re.S)
-    else:
-        new = old.rstrip() + "\n\n" + block
-    results_md.write_text(new)
+    """Replace (or append) the marked section of docs/results.md, atomically."""
+    replace_marked_block(results_md, START, END, text.rstrip())
 
 
 def section_text(n: dict, figure: str) -> str:
