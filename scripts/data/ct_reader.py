@@ -30,6 +30,9 @@ from .transforms import LoadImageCheckedd
 
 __all__ = ["LoadedCT", "read_ct"]
 
+#: stored bytes a KiTS-order (slice axis first) file is read in: each window is one pass over the file (issue 17)
+WINDOW_BYTES = 256 * 2**20
+
 
 @dataclass
 class LoadedCT:
@@ -50,7 +53,7 @@ class LoadedCT:
     inter: float = 0.0
     proxy: object | None = None
     stored_shape: tuple[int, ...] | None = None
-    window_bytes: int = 256 * 2**20
+    window_bytes: int = WINDOW_BYTES
     _range: list = field(default_factory=lambda: [math.inf, -math.inf])
     _infinite: list = field(default_factory=lambda: [0, 0])  # -Inf, +Inf voxels met so far
 
@@ -168,7 +171,7 @@ def _scaling(image: nib.Nifti1Image) -> tuple[float, float]:
     return slope, inter
 
 
-def _read_nifti(path: Path, stream: bool = True, window_bytes: int = 256 * 2**20) -> LoadedCT:
+def _read_nifti(path: Path, stream: bool = True, window_bytes: int = WINDOW_BYTES) -> LoadedCT:
     try:
         image = nib.load(str(path), keep_file_open=True)
         shape = tuple(int(n) for n in image.shape)
@@ -221,7 +224,7 @@ def _warn_if_not_ct(source: str, low: float, high: float, slope: float, inter: f
 
 
 def read_ct(path: str | os.PathLike, min_expected_hu: float = MIN_EXPECTED_HU, stream: bool = True,
-            window_bytes: int = 256 * 2**20) -> LoadedCT:
+            window_bytes: int = WINDOW_BYTES) -> LoadedCT:
     """Read and check one CT (NIfTI file, DICOM series folder, NRRD, MHA); bad input raises :class:`InputError`.
 
     With ``stream`` a 3D NIfTI file is opened for reading as the slices are needed (:meth:`LoadedCT.axial_blocks`):
