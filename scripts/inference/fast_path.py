@@ -128,7 +128,6 @@ def has_depthwise_convs(network: nn.Module) -> bool:
 #: Backend and slice batch measured fastest per network family on CPUs without native bf16 (``cpu_class() ==
 #: "avx2"``); see the module docstring's AVX2 table and ``docs/perf_notes/issue17_int8.md``.
 AVX2_RULES = {"depthwise": ("onnxruntime", 4), "plain": ("torch", None)}
-BACKEND_CHOICES = ("torch", "onnxruntime")
 
 
 def network_family(network: nn.Module) -> str:
@@ -147,8 +146,10 @@ def choose_backend(network: nn.Module, device: torch.device | str = "cpu",
     (``docs/perf_notes/issue17_int8.md``), so it stays opt-in (``configs/inference_int8.json``). The batch is
     ``None`` for "keep the fast path's own choice".
     """
-    if backend not in ("auto", *BACKEND_CHOICES):
-        raise InputError(f"--backend {backend!r}: unknown; choose auto or one of {', '.join(BACKEND_CHOICES)}")
+    from .onnx_backend import BACKENDS
+
+    if backend not in ("auto", *BACKENDS):
+        raise InputError(f"--backend {backend!r}: unknown; choose auto or one of {', '.join(BACKENDS)}")
     torch_module = isinstance(network, nn.Module) and any(True for _ in network.parameters())
     if backend != "auto" or not torch_module or torch.device(device).type != "cpu" or cpu_class() == "bf16":
         return ("torch" if backend == "auto" else backend), None
