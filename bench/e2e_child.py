@@ -19,6 +19,8 @@ sys.path.insert(0, str(REPO))
 
 
 def main(spec: dict) -> dict:
+    if spec.get("lean"):
+        return lean(spec)
     from monai.bundle import ConfigWorkflow
 
     from bench.common import peak_rss_mb
@@ -32,6 +34,22 @@ def main(spec: dict) -> dict:
     finished = time.perf_counter()
     workflow.finalize()
     return {"import_s": imported - START, "initialize_s": initialized - imported, "run_s": finished - initialized,
+            "process_s": time.perf_counter() - START, "peak_rss_mb": peak_rss_mb()}
+
+
+def lean(spec: dict) -> dict:
+    """``kidney-seg --lean``'s run (no torch or MONAI) with the configs as files; its export already made."""
+    from bench.common import peak_rss_mb
+    from scripts.cli.lean import run_lean
+
+    imported = time.perf_counter()
+    o = spec["overrides"]
+    run_lean(o["input_path"], o["output_dir"], [REPO / c for c in spec["config_file"]], o["model_path"],
+             preview=o.get("preview", True), resume=False, stop_on_error=True, progress=False, statistics=False,
+             timings_path=o.get("timings_path", ""))
+    finished = time.perf_counter()
+    assert "torch" not in sys.modules and "monai" not in sys.modules, "the lean run imported torch or MONAI"
+    return {"import_s": imported - START, "initialize_s": 0.0, "run_s": finished - imported,
             "process_s": time.perf_counter() - START, "peak_rss_mb": peak_rss_mb()}
 
 

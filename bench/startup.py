@@ -10,6 +10,8 @@ Runs, on a SYNTHETIC CT (``bench/run.py``'s ``build_ct``: 512x512xN phantom) and
   ``scripts.inference.streaming`` marking the process's first network batch);
 - ``kidney-seg``: the console command's entry point (``scripts.cli.main:main``, as the installed ``kidney-seg``
   script calls it) with ``-i CT -o OUT -m W -n pocket_unet_2d``;
+- ``lean``: the same with ``--lean`` (no torch or MONAI in the process; its ONNX export is made once before the
+  timed runs, as a user's first ``--lean`` run makes it; not run on a baseline tree that has no ``--lean``);
 - ``stages``: the same ``ConfigWorkflow`` in a child that stamps each stage (interpreter start, ``import torch``,
   the rest of ``import monai``, ``monai.bundle``, config parsing, ``initialize``, network + weights + fast path,
   the MONAI evaluator the ``run`` expression references, the first network batch, the rest of the run).
@@ -133,9 +135,9 @@ def command(kind: str, root: Path, ct: Path, weights: Path, out: Path, conf: Pat
         return [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", json.dumps(CONFIGS),
                 "--input_path", str(ct), "--output_dir", str(out), "--model_path", str(weights),
                 "--bundle_root", str(root), "--logging_file", str(conf)]
-    if kind == "kidney-seg":
+    if kind in ("kidney-seg", "lean"):
         return [sys.executable, "-c", KIDNEY_SEG, "-i", str(ct), "-o", str(out), "-m", str(weights),
-                "-n", "pocket_unet_2d"]
+                "-n", "pocket_unet_2d", *(["--lean"] if kind == "lean" else [])]
     spec = {"root": str(root), "overrides": {"input_path": str(ct), "output_dir": str(out),
                                              "model_path": str(weights)}}
     return [sys.executable, str(REPO / "bench" / "startup.py"), "--child-stages", json.dumps(spec)]
@@ -176,7 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slices", type=int, default=20, help="slices of the SYNTHETIC 512x512 CT")
-    parser.add_argument("--commands", default="stages,bundle,kidney-seg")
+    parser.add_argument("--commands", default="stages,bundle,kidney-seg,lean")
     parser.add_argument("--baseline-ref", help="also run the commands on this git ref (e.g. main)")
     parser.add_argument("--json", type=Path, help="write the per-run rows and medians here")
     parser.add_argument("--child-stages", help=argparse.SUPPRESS)
@@ -193,15 +195,17 @@ def main() -> None:
         if args.baseline_ref:
             trees[f"baseline {args.baseline_ref}"] = baseline_tree(args.baseline_ref, workdir)
         kinds = args.commands.split(",")
-        rows: dict[str, list[dict]] = {f"{t} / {k}": [] for t in trees for k in kinds}
+        runs = [(t, k) for t in trees for k in kinds if not (k == "lean" and t != "this checkout")]
+        if "lean" in kinds:  # the export a user's first --lean run makes, once, outside the timed runs
+            run_once("lean", REPO, ct, weights, workdir / "out" / "lean_export", conf)
+        rows: dict[str, list[dict]] = {f"{t} / {k}": [] for t, k in runs}
         for repeat in range(args.repeats):
-            for tree, root in trees.items():
-                for kind in kinds:
-                    out = workdir / "out" / f"{repeat}_{len(rows)}_{tree.replace(' ', '_')}_{kind}"
-                    row = run_once(kind, root, ct, weights, out, conf)
-                    rows[f"{tree} / {kind}"].append(row)
-                    print(f"[{repeat + 1}/{args.repeats}] {tree} / {kind}: "
-                          + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+            for tree, kind in runs:
+                out = workdir / "out" / f"{repeat}_{len(rows)}_{tree.replace(' ', '_')}_{kind}"
+                row = run_once(kind, trees[tree], ct, weights, out, conf)
+                rows[f"{tree} / {kind}"].append(row)
+                print(f"[{repeat + 1}/{args.repeats}] {tree} / {kind}: "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
     medians = {name: median_rows(r) for name, r in rows.items()}
     print("\nmedians (seconds; SYNTHETIC 512x512x%d CT, Pocket U-Net 2D, random weights):" % args.slices)
     for name, row in medians.items():

@@ -52,3 +52,15 @@ def test_render_marks_targets_and_labels_synthetic_input(run):
     assert "Growth (kits): 0.25 MB per slice between 200 and 1000" in text
     assert "| 1.00 |" in text and "| - |" in text  # GMACs column, missing MACs shown as "-"
     assert "Not measured in this run" in text  # no Dice JSON in this result
+
+
+def test_summary_takes_the_faster_path_of_each_network_when_lean_rows_exist(run):
+    table, e2e = _result(run)
+    memory = {}
+    e2e[run.PRUNED_LEAN] = {"run_s": 8.0, "process_s": 9.0, "peak_rss_mb": 700.0, "stages": None}
+    e2e[run.NNUNET_LEAN] = {"run_s": 30.0, "process_s": 36.0, "peak_rss_mb": 900.0, "stages": None}
+    s = run.summary(table, e2e, memory)
+    assert s["pruned_process_s"] == 9.0 and s["best_process_s"] == 9.0 and s["best_process_run"] == run.PRUNED_LEAN
+    assert s["wpunet_pruned_vs_nnunet2d"] == 75.0 / 9.0  # nnU-Net as it runs: fp32, no lean
+    assert s["wpunet_pruned_vs_nnunet2d_levers"] == 36.0 / 9.0  # nnU-Net on its faster path too
+    assert s["pocket_vs_nnunet2d"] == 75.0 / 12.0  # no Pocket lean row: its auto row

@@ -25,7 +25,7 @@ from scripts.cli.bundle import main as bundle_main
 
 FLAGS = ["-i", "--input", "-o", "--output", "--model", "--device", "--network", "--output-format", "--fast",
          "--no-preview", "--resume", "--no-resume", "--stop-on-error", "--quiet", "--pattern", "--num-parts",
-         "--part-id", "--merge", "--config", "-h"]
+         "--part-id", "--merge", "--config", "--lean", "-h"]
 
 
 @pytest.fixture

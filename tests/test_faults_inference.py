@@ -396,7 +396,7 @@ def test_inf_maps_to_the_window_bounds_in_both_preprocessings():
     from scripts.data.preprocessing import window_and_resize
 
     hu = torch.tensor([[[-np.inf, -79.0, 304.0, np.inf]]])
-    assert window_and_resize(hu, (-79, 304), (1, 4)).flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert window_and_resize(hu.numpy(), (-79, 304), (1, 4)).flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
     scaled = ScaleIntensityRange(a_min=-79, a_max=304, b_min=0.0, b_max=1.0, clip=True)(hu)
     assert torch.as_tensor(scaled).flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
 

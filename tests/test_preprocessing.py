@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from monai.bundle import ConfigParser
 
@@ -40,9 +41,9 @@ def _streamed(path, hu_window) -> torch.Tensor:
     """The streaming path's network input: stored voxels through the RAS view, then ``window_and_resize``."""
     ct = read_ct(path)
     ornt = ras_orientation(ct.affine)
-    batches = [window_and_resize(torch.from_numpy(ct.hounsfield(np.ascontiguousarray(block.transpose(2, 0, 1)))),
-                                 hu_window, SLICE_SIZE) for _, _, block in ct.axial_blocks(ornt, 7)]
-    return torch.cat(batches)[:, 0].permute(1, 2, 0)
+    batches = [window_and_resize(ct.hounsfield(np.ascontiguousarray(block.transpose(2, 0, 1))), hu_window, SLICE_SIZE)
+               for _, _, block in ct.axial_blocks(ornt, 7)]
+    return torch.from_numpy(np.concatenate(batches))[:, 0].permute(1, 2, 0)
 
 
 def test_train_and_inference_declare_the_same_window_and_resize():
@@ -61,5 +62,29 @@ def test_train_inference_and_streaming_give_the_same_slices(tmp_path):
     streamed = _streamed(files["image"], infer.get_parsed_content("hu_window"))
     assert trained.shape == (*SLICE_SIZE, image.shape[2])
     assert 0.0 < float(trained.mean()) < 1.0
-    assert torch.equal(trained, inferred)
+    torch.testing.assert_close(trained, inferred, rtol=0, atol=1e-6)  # MONAI's Resized vs the numpy area resize
     torch.testing.assert_close(streamed, inferred, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape_in, shape_out", [((512, 512), (256, 256)), ((50, 40), (24, 20)), ((37, 53), (16, 16)),
+                                                 ((9, 7), (16, 12)), ((256, 256), (256, 256)), ((300, 200), (100, 50))])
+def test_numpy_area_resize_is_torch_area_interpolation(shape_in, shape_out):
+    """The streaming path's numpy resize (no torch at inference, issue 17) computes torch's ``mode="area"``."""
+    import torch.nn.functional as F
+
+    from scripts.data.preprocessing import area_resize
+
+    images = np.random.default_rng(0).normal(size=(3, *shape_in)).astype(np.float32) * 500
+    expected = F.interpolate(torch.from_numpy(images)[:, None], size=shape_out, mode="area")[:, 0].numpy()
+    np.testing.assert_allclose(area_resize(images, shape_out), expected, rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("size_in, size_out", [(256, 512), (256, 256), (256, 511), (256, 300), (200, 133), (7, 3)])
+def test_nearest_index_is_torchs_nearest_rule(size_in, size_out):
+    import torch.nn.functional as F
+
+    from scripts.data.preprocessing import nearest_index
+
+    source = torch.arange(size_in, dtype=torch.float32)[None, None, :, None]
+    expected = F.interpolate(source, size=(size_out, 1), mode="nearest")[0, 0, :, 0].long().numpy()
+    np.testing.assert_array_equal(nearest_index(size_in, size_out), expected)

@@ -15,7 +15,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 __all__ = ["build_parser", "main"]
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the fast network: Pocket U-Net 2D, else the channel-pruned WP-UNet, whichever has weights")
     model.add_argument("-d", "--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available; "
                        "under torchrun cuda:LOCAL_RANK)")
+    model.add_argument("--lean", action="store_true",
+                       help="start in under a second: no torch or MONAI in the process (ONNX Runtime on the CPU, 2D "
+                            "networks; the first run exports <weights>.lean.onnx, a few seconds, once)")
     model.add_argument("--config", metavar="FILE", action="append", default=[],
                        help="an extra config overlay merged last, e.g. configs/demo.json for the demo weights")
     cohort = parser.add_argument_group("cohort runs")
@@ -122,34 +126,52 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("the following arguments are required: -i/--input")
     num_parts, part_id = _parts(args, parser)
     configs, model_path = inference_configs(args.network, args.fast, args.model, args.config)
+    if args.lean:
+        return _run_lean(args, parser, configs, model_path, num_parts, part_id)
     options = dict(input=args.input, output=args.output, output_format=args.output_format, preview=args.preview,
                    resume=args.resume, stop_on_error=args.stop_on_error, statistics=True,
                    progress=not args.quiet, pattern=args.pattern, num_parts=num_parts, part_id=part_id,
                    model_path=model_path, device=args.device or _default_device())
     overrides = inference_overrides(options)
     group = _torchrun_group() if num_parts > 1 and args.num_parts is None else None
+    from .runner import run_inferring
+
     try:
-        code = _run_cases(configs, overrides, args.quiet, parser.prog)
+        code = _run_cases(partial(run_inferring, configs, overrides), args.quiet, parser.prog)
     finally:
         if group is not None:
             _merge_after_all_ranks(group, args.output)
     return code
 
 
-def _run_cases(configs, overrides, quiet: bool, prog: str) -> int:
-    """Run the workflow; 1 when some cases failed (listed in failures.csv), 0 when all are done."""
+def _run_lean(args: argparse.Namespace, parser: argparse.ArgumentParser, configs, model_path, num_parts: int,
+              part_id: int) -> int:
+    """``--lean``: :func:`scripts.cli.lean.run_lean` (no torch, no MONAI) with the same options and exit codes."""
+    from .lean import run_lean
+
+    if args.device and args.device != "cpu":
+        parser.error(f"--lean runs on the CPU (ONNX Runtime): drop --device {args.device}")
+    if num_parts > 1 and args.num_parts is None:
+        parser.error("--lean under torchrun: give --num-parts and --part-id (each process is independent)")
+    run = partial(run_lean, args.input, args.output, configs, model_path, output_format=args.output_format,
+                  preview=args.preview, resume=args.resume, stop_on_error=args.stop_on_error,
+                  progress=not args.quiet, pattern=args.pattern, num_parts=num_parts, part_id=part_id)
+    return _run_cases(run, args.quiet, parser.prog)
+
+
+def _run_cases(run: Callable[[], object], quiet: bool, prog: str) -> int:
+    """Run the cases; 1 when some cases failed (listed in failures.csv), 0 when all are done."""
     from ..common.errors import find_in_chain
     from ..inference.streaming import CasesFailed
-    from .runner import run_inferring
 
     try:
         if quiet:
-            run_inferring(configs, overrides)
+            run()
         else:
             from tqdm.contrib.logging import logging_redirect_tqdm
 
             with logging_redirect_tqdm():
-                run_inferring(configs, overrides)
+                run()
     except Exception as exc:
         failed = find_in_chain(exc, CasesFailed)  # MONAI wraps what a config expression raises
         if failed is None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import sys
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from ignite.engine import Engine, Events
+if TYPE_CHECKING:  # ignite only where a workflow attaches the handler: kidney-seg --lean imports no torch
+    from ignite.engine import Engine
 
 __all__ = [
     "InputError", "OutputError", "find_in_chain", "find_input_error", "report_input_error", "install_excepthook",
@@ -106,6 +108,8 @@ class InputErrorHandler:
     """
 
     def attach(self, engine: Engine) -> None:
+        from ignite.engine import Events
+
         engine.add_event_handler(Events.EXCEPTION_RAISED, self)
 
     def __call__(self, engine: Engine, exc: Exception) -> None:

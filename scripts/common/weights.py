@@ -14,11 +14,13 @@ import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where weights are read: checking that a file exists needs none
+    import torch
+    from torch import nn
 
 __all__ = ["check_weights_file", "torch_load_checked", "check_finite", "read_weights", "load_weights"]
 
@@ -40,6 +42,8 @@ def torch_load_checked(source, map_location=None, what: str = "trained weights",
 
     ``what`` says what the file should hold and ``name`` how to call it in the message (default: ``source``).
     """
+    import torch
+
     name = source if name is None else name
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
@@ -56,6 +60,8 @@ def torch_load_checked(source, map_location=None, what: str = "trained weights",
 
 def check_finite(tensors: Mapping[str, object], path: str | os.PathLike) -> None:
     """Raise one line naming ``path`` and the first entries when a floating-point tensor holds NaN or Inf."""
+    import torch
+
     bad = [key for key, value in tensors.items()
            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
     if bad:

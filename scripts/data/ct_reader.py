@@ -26,7 +26,6 @@ import numpy as np
 from ..common.errors import InputError
 from .checks import MIN_EXPECTED_HU, READ_ERRORS, check_image_file, warn_infinite_voxels
 from .layout import NIFTI_SUFFIXES
-from .transforms import LoadImageCheckedd
 
 __all__ = ["LoadedCT", "read_ct"]
 
@@ -189,6 +188,8 @@ def _read_nifti(path: Path, stream: bool = True, window_bytes: int = WINDOW_BYTE
 
 
 def _read_with_monai(path: Path) -> LoadedCT:
+    from .transforms import LoadImageCheckedd  # MONAI's readers only for non-NIfTI inputs (DICOM, NRRD, MHA)
+
     loaded = LoadImageCheckedd(keys="image", image_only=True, dtype=None)({"image": str(path)})["image"]
     voxels = np.asarray(loaded.detach().cpu().numpy())
     while voxels.ndim > 3 and voxels.shape[-1] == 1:

@@ -23,8 +23,6 @@ import random
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from monai.data import load_decathlon_datalist
-
 from ..common.atomic import atomic_write_text
 from ..common.errors import InputError
 from .checks import check_datalist
@@ -106,6 +104,8 @@ def load_datalist(dataset_dir: str, data_list_file_path: str | None = None, fold
     and ``validation`` lists (plain MSD). Paths are resolved against ``dataset_dir``. With ``check``,
     every file is checked (exists, readable header, 3D, label shape == image shape) before caching starts.
     """
+    from monai.data import load_decathlon_datalist  # MONAI only where a training datalist is read
+
     if data_list_file_path:
         if not Path(data_list_file_path).is_file():
             raise InputError(f"{data_list_file_path}: datalist file does not exist")

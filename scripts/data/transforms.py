@@ -164,8 +164,9 @@ class WindowAndResized(MapTransform, InvertibleTransform):
             out = torch.empty((1, *out_size), dtype=torch.float32)
             for z0 in range(0, orig_size[2], self.chunk_slices):
                 z1 = min(orig_size[2], z0 + self.chunk_slices)
-                hu = voxels[:, :, z0:z1].permute(2, 0, 1).to(torch.float32)
-                out[0, :, :, z0:z1] = window_and_resize(hu, self.hu_window, self.slice_size)[:, 0].permute(1, 2, 0)
+                hu = voxels[:, :, z0:z1].permute(2, 0, 1).to(torch.float32).numpy()
+                resized = window_and_resize(hu, self.hu_window, self.slice_size)[:, 0]
+                out[0, :, :, z0:z1] = torch.from_numpy(resized).permute(1, 2, 0)
             meta = self.track_transform_meta(
                 image, sp_size=out_size, affine=scale_affine(orig_size, out_size, align_corners=False),
                 extra_info={"hu_window": list(self.hu_window)}, orig_size=orig_size,

@@ -24,7 +24,6 @@ import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import torch
 
 from ..common.errors import InputError
 
@@ -90,17 +89,17 @@ class KidneyRangeCascade:
         self.first = np.zeros(self.depth, dtype=bool)
         self.first[sampled_slices(self.depth, self.stride)] = True
         self.body = np.zeros(self.depth, dtype=bool)
-        self.held = torch.zeros((self.depth, 1, *slice_size), dtype=torch.float32)
+        self.held = np.zeros((self.depth, 1, *slice_size), dtype=np.float32)
 
-    def first_pass(self, z0: int, z1: int, image: torch.Tensor, has_body: torch.Tensor) -> torch.Tensor:
+    def first_pass(self, z0: int, z1: int, image: np.ndarray, has_body: np.ndarray) -> np.ndarray:
         """Which slices of block ``z0:z1`` (preprocessed ``image``, (k, 1, H, W)) run now; the rest are held."""
-        self.body[z0:z1] = has_body.numpy()
-        now = torch.from_numpy(self.first[z0:z1]) & has_body
-        later = (~torch.from_numpy(self.first[z0:z1])) & has_body
+        self.body[z0:z1] = has_body
+        now = self.first[z0:z1] & has_body
+        later = ~self.first[z0:z1] & has_body
         self.held[z0:z1][later] = image[later]
         return now
 
-    def second_pass(self, model_labels: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def second_pass(self, model_labels: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(slice indices, images)`` batches still to run, after the first pass's labels are in ``model_labels``
         ((H, W, depth) uint8); fills :attr:`summary` (range, slices skipped) and frees the held images."""
         pixel_mm2 = self.spacing[0] * self.spacing[1]
@@ -119,5 +118,5 @@ class KidneyRangeCascade:
                         "margin_mm": self.margin_mm, "slice_mm": self.spacing[2]}
         for b0 in range(0, len(todo), max(1, int(batch_size))):
             index = todo[b0:b0 + batch_size]
-            yield index, self.held[torch.from_numpy(index)]
-        self.held = torch.zeros(0)
+            yield index, self.held[index]
+        self.held = np.zeros(0, dtype=np.float32)

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..common.atomic import publish
 from ..common.errors import InputError
+from .ort_session import WEIGHTS_KEY
 
 __all__ = ["BACKENDS", "check_backend", "export_onnx", "cached_export", "max_abs_difference", "OnnxRuntimeNetwork",
            "main"]
@@ -76,36 +77,32 @@ def export_onnx(network: nn.Module, onnx_path: str | os.PathLike, slice_size: Se
     return onnx_path
 
 
-WEIGHTS_KEY = "bundle_weights_sha256"
 
 
 def _sha256(path: str | os.PathLike) -> str:
-    import hashlib
+    from ..common.digest import file_sha256
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def cached_export(load_network: Callable[[], nn.Module], model_path: str | os.PathLike,
-                  slice_size: Sequence[int] = (256, 256)) -> Path:
-    """The fp32 ONNX model of ``load_network()`` (the network with the weights of ``model_path``) for ``backend auto``.
+                  slice_size: Sequence[int] = (256, 256), *, suffix: str = ".auto.onnx",
+                  props: dict[str, str] | None = None) -> Path:
+    """The fp32 ONNX model of ``load_network()`` (the network with the weights of ``model_path``), cached.
 
-    Kept next to the weights as ``<model_path>.auto.onnx`` with the SHA-256 of the weights file in its metadata;
-    re-exported (atomically) when missing, unreadable or made from other weights, so that the first ``auto`` run on
-    an AVX2 CPU pays the export (seconds) once and later runs load it directly (``load_network`` is called only
-    when exporting).
+    Kept next to the weights as ``<model_path><suffix>`` (``.auto.onnx`` for ``backend auto``, ``.lean.onnx`` for
+    ``kidney-seg --lean``) with the SHA-256 of the weights file and ``props`` in its metadata; re-exported
+    (atomically) when missing, unreadable, or made from other weights or other ``props``, so that the first run
+    pays the export (seconds) once and later runs load it directly (``load_network`` is called only when exporting).
     """
     import onnx
 
-    path = Path(f"{model_path}.auto.onnx")
-    weights = _sha256(model_path)
+    path = Path(f"{model_path}{suffix}")
+    wanted = {WEIGHTS_KEY: _sha256(model_path), **(props or {})}
     if path.is_file():
         try:
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-            if props.get(WEIGHTS_KEY) == weights:
+            found = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            if all(found.get(key) == value for key, value in wanted.items()):
                 return path
         except Exception:  # damaged or foreign file: export again
             pass
@@ -113,13 +110,13 @@ def cached_export(load_network: Callable[[], nn.Module], model_path: str | os.Pa
     try:
         export_onnx(load_network(), tmp, slice_size)
         model = onnx.load(str(tmp))
-        onnx.helper.set_model_props(model, {WEIGHTS_KEY: weights})
+        onnx.helper.set_model_props(model, wanted)
         onnx.save(model, str(tmp))
         publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    logger.info("exported %s for backend auto (ONNX Runtime)", path)
+    logger.info("exported %s (ONNX Runtime)", path)
     return path
 
 
@@ -133,27 +130,19 @@ class OnnxRuntimeNetwork(nn.Module):
 
     def __init__(self, onnx_path: str | os.PathLike, num_threads: int | None = None) -> None:
         super().__init__()
-        import onnxruntime as ort
+        from .ort_session import OnnxSlicePredictor
 
-        path = Path(onnx_path)
-        if not path.is_file():
-            raise InputError(f"{path}: no ONNX model; export one with python -m scripts.inference.onnx_backend "
-                             "--config_file configs/inference.json --ckpt_file models/model.pt --onnx_path "
-                             f"{path}")
-        options = ort.SessionOptions()
         num_threads = torch.get_num_threads() if num_threads is None else num_threads
-        if num_threads:
-            options.intra_op_num_threads = num_threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise InputError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
-        self.input_name = self.session.get_inputs()[0].name
+        self.predictor = OnnxSlicePredictor(onnx_path, num_threads)
+        self.session, self.input_name = self.predictor.session, self.predictor.input_name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = x.detach().to("cpu", torch.float32).numpy()
-        (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(array)})
+        logits = self.predictor.logits(x.detach().to("cpu", torch.float32).numpy())
         return torch.from_numpy(logits).to(device=x.device, dtype=x.dtype)
+
+    def predict_labels(self, batch: np.ndarray) -> np.ndarray:
+        """The streaming path's call (numpy in, uint8 labels out): no torch tensors on the way."""
+        return self.predictor.predict_labels(batch)
 
 
 def max_abs_difference(network: nn.Module, onnx_path: str | os.PathLike, x: torch.Tensor) -> float:

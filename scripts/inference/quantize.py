@@ -67,8 +67,8 @@ def calibration_slices(images: Sequence[str | os.PathLike], hu_window: Sequence[
             index = [z - z0 for z in range(z0, z1) if z in wanted]
             if not index:
                 continue
-            hu = torch.from_numpy(ct.hounsfield(np.ascontiguousarray(block[:, :, index].transpose(2, 0, 1))))
-            image = window_and_resize(hu, hu_window, slice_size)
+            hu = ct.hounsfield(np.ascontiguousarray(block[:, :, index].transpose(2, 0, 1)))
+            image = torch.from_numpy(window_and_resize(hu, hu_window, slice_size))
             case.append(image[image.flatten(1).amax(dim=1) > 0])
         case = torch.cat(case) if case else torch.zeros(0, 1, *slice_size)
         step = max(1, len(case) // per_case)  # keep per_case body slices, evenly spread

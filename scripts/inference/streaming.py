@@ -34,14 +34,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..common.atomic import atomic_write_text
 from ..common.errors import InputError, find_input_error
-from ..common.weights import check_weights_file, load_weights
 from ..data.ct_reader import LoadedCT, read_ct
-from ..data.preprocessing import window_and_resize
+from ..data.preprocessing import area_resize, nearest_index, window_and_resize
 
 __all__ = ["CasesFailed", "StreamingSegmenter", "build_segmenter", "is_3d_network", "keep_largest_components",
            "network_with_weights", "ras_orientation",
@@ -71,21 +68,25 @@ def model_grid_affine(affine: np.ndarray, shape: Sequence[int], ornt: np.ndarray
     return ras_affine @ scale
 
 
-def is_3d_network(network: torch.nn.Module) -> bool:
+def is_3d_network(network) -> bool:
     """True for a network with 3D convolutions (Pocket U-Net 3D): those run through MONAI's sliding window."""
+    import torch
+
     return any(isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)) for m in network.modules())
 
 
-def network_with_weights(network: torch.nn.Module, model_path: str | Path, device: torch.device | str,
-                         backend: str = "torch") -> torch.nn.Module:
-    """``network`` with the trained weights of ``model_path`` loaded (torch backend; ONNX Runtime has its own)."""
+def network_with_weights(network, model_path: str | Path, device, backend: str = "torch"):
+    """``network`` (a torch module) with the trained weights of ``model_path`` loaded (torch backend; ONNX Runtime
+    has its own)."""
+    from ..common.weights import check_weights_file, load_weights
+
     if backend != "torch":
         return network
     check_weights_file(model_path)
     return load_weights(network, model_path, device)
 
 
-def build_segmenter(network: torch.nn.Module, model_path: str | Path, device: torch.device | str, *,
+def build_segmenter(network, model_path: str | Path, device, *,
                     streaming: bool = True, backend: str = "torch", **options) -> StreamingSegmenter | None:
     """The config's ``segmenter``: a :class:`StreamingSegmenter` of ``network`` with the weights of ``model_path``
     (:func:`network_with_weights`) and the keyword ``options`` of :class:`StreamingSegmenter`; ``None`` when not
@@ -100,6 +101,7 @@ def build_segmenter(network: torch.nn.Module, model_path: str | Path, device: to
 def _auto_backend(network, model_path, device, options: dict):
     """``backend auto`` (issue 17): the measured rule of this CPU class (``fast_path.choose_backend``); when it is
     ONNX Runtime, the torch network with its weights is exported once (``onnx_backend.cached_export``)."""
+    from ..common.weights import check_weights_file
     from .fast_path import FastPath, choose_backend
 
     backend, batch = choose_backend(network, device)
@@ -117,7 +119,9 @@ def _auto_backend(network, model_path, device, options: dict):
     return OnnxRuntimeNetwork(onnx_path), "onnxruntime", {**options, "fast_path": FastPath(sw_batch_size=batch)}
 
 
-def _predict_fp32(network: Callable, batch: torch.Tensor) -> torch.Tensor:
+def _predict_fp32(network: Callable, batch):
+    import torch
+
     with torch.inference_mode():
         return network(batch).float().max(dim=1).indices.to(torch.uint8).cpu()
 
@@ -159,9 +163,13 @@ def keep_largest_components(labels: np.ndarray, applied_labels: Sequence[int], n
 class StreamingSegmenter:
     """Segment CT files slice batch by slice batch (2D networks); see the module docstring for the steps.
 
+    The data path is numpy (issue 17: ``kidney-seg --lean`` runs it without importing torch); torch is used only
+    to run a torch network.
+
     Args:
-        network: a 2D network taking (B, 1, H, W) and returning (B, num_classes, H, W) logits, weights loaded
-            (a torch module, or :class:`scripts.inference.onnx_backend.OnnxRuntimeNetwork`).
+        network: a 2D network taking (B, 1, H, W) and returning (B, num_classes, H, W) logits, weights loaded (a
+            torch module), or any object with ``predict_labels(batch)``: (B, 1, H, W) float32 numpy -> (B, H, W)
+            uint8 numpy labels (:class:`scripts.inference.ort_session.OnnxSlicePredictor`).
         device: where the network runs.
         hu_window: HU range mapped to [0, 1] and clipped (``hu_window`` of the config).
         slice_size: the network's in-plane input size.
@@ -171,6 +179,7 @@ class StreamingSegmenter:
             runs the network as given in fp32 with batches of ``chunk_slices``.
         skip_empty_slices: slices with nothing above ``hu_window[0]`` become background without the network.
         chunk_slices: slices read, windowed and resampled together (bounded memory, vectorised work).
+        batch_size: slices per network call; ``None``: the fast path's batch, else ``chunk_slices``.
         collect_statistics: keep, per case, what the cohort statistics need in :attr:`case_info`: the model-resolution
             HU (area average, before the window; float16, 2 bytes per model voxel), the labels before and after the
             largest-connected-component step and that grid's affine (``scripts.evaluation.cohort``).
@@ -178,21 +187,25 @@ class StreamingSegmenter:
             k-th slice first, then only on the kidneys' axial range plus a margin; ``None`` (default) runs every slice.
     """
 
-    def __init__(self, network: torch.nn.Module, device: torch.device | str = "cpu",
+    def __init__(self, network, device="cpu",
                  hu_window: Sequence[float] = (-79, 304), slice_size: Sequence[int] = (256, 256),
                  num_classes: int = 3, lcc_enabled: bool = True, lcc_num_components: int = 2,
                  fast_path=None, skip_empty_slices: bool = True, chunk_slices: int = 16,
-                 collect_statistics: bool = False, cascade=None) -> None:
-        self.device = torch.device(device)
+                 collect_statistics: bool = False, cascade=None, batch_size: int | None = None) -> None:
+        self.device = device
         self.collect_statistics = bool(collect_statistics)
         self.case_info: dict = {}
         self.fast_path = fast_path
-        if fast_path is not None:
-            from .fast_path import prepare_network
+        if not hasattr(network, "predict_labels"):  # a torch network
+            import torch
 
-            network = prepare_network(network, self.device, fast_path, example_shape=(1, 1, *slice_size))
-        elif isinstance(network, torch.nn.Module):
-            network = network.eval()
+            self.device = torch.device(device)
+            if fast_path is not None:
+                from .fast_path import prepare_network
+
+                network = prepare_network(network, self.device, fast_path, example_shape=(1, 1, *slice_size))
+            elif isinstance(network, torch.nn.Module):
+                network = network.eval()
         self.network = network
         self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         self.slice_size = (int(slice_size[0]), int(slice_size[1]))
@@ -200,7 +213,7 @@ class StreamingSegmenter:
         self.lcc = (partial(keep_largest_components, applied_labels=list(range(1, self.num_classes)),
                             num_components=int(lcc_num_components)) if lcc_enabled else None)
         self.skip_empty_slices = bool(skip_empty_slices)
-        batch = fast_path.sw_batch_size if fast_path is not None else chunk_slices
+        batch = batch_size or (fast_path.sw_batch_size if fast_path is not None else chunk_slices)
         self.batch_size = max(1, int(batch))
         self.chunk_slices = max(int(chunk_slices), self.batch_size)
         self.cascade = cascade
@@ -242,27 +255,28 @@ class StreamingSegmenter:
             z0, z1, block = next(blocks, (None, None, None))
             if block is None:
                 break
-            image = self._preprocess(ct, block, model_hu, z0, z1)  # (k, 1, H, W) in [0, 1]
+            image = self._preprocess(ct, block, model_hu, z0, z1)  # (k, 1, H, W) float32 in [0, 1]
             block = None  # a view of the reader's window: let the next window replace it, not join it
-            preview[:, :, z0:z1] = (image[:, 0] * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
-            has_body = image.flatten(1).amax(dim=1) > 0 if self.skip_empty_slices else torch.ones(z1 - z0, dtype=bool)
+            preview[:, :, z0:z1] = (image[:, 0] * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+            has_body = (image.reshape(len(image), -1).max(axis=1) > 0 if self.skip_empty_slices
+                        else np.ones(z1 - z0, dtype=bool))
             t1 = time.perf_counter()
-            labels = torch.zeros((z1 - z0, *self.slice_size), dtype=torch.uint8)
+            labels = np.zeros((z1 - z0, *self.slice_size), dtype=np.uint8)
             skipped += (z1 - z0) - int(has_body.sum())
             if self.cascade is not None:
                 has_body = self.cascade.first_pass(z0, z1, image, has_body)
-            body = torch.nonzero(has_body).flatten()
+            body = np.flatnonzero(has_body)
             for b0 in range(0, len(body), self.batch_size):
                 index = body[b0:b0 + self.batch_size]
                 labels[index] = self._predict(image[index])
-            model_labels[:, :, z0:z1] = labels.permute(1, 2, 0).numpy()
+            model_labels[:, :, z0:z1] = labels.transpose(1, 2, 0)
             timings["preprocess"] += t1 - t0
             timings["network"] += time.perf_counter() - t1
         del blocks, block
         if self.cascade is not None:
             t1 = time.perf_counter()
             for index, batch in self.cascade.second_pass(model_labels, self.batch_size):
-                model_labels[:, :, index] = self._predict(batch).permute(1, 2, 0).numpy()
+                model_labels[:, :, index] = self._predict(batch).transpose(1, 2, 0)
             timings["network"] += time.perf_counter() - t1
         if release_input:
             ct.release()
@@ -286,24 +300,28 @@ class StreamingSegmenter:
         return label, preview
 
     def _preprocess(self, ct: LoadedCT, block: np.ndarray, model_hu: np.ndarray | None = None, z0: int = 0,
-                    z1: int = 0) -> torch.Tensor:
+                    z1: int = 0) -> np.ndarray:
         """HU window to [0, 1] (clipped), then area resize in-plane: ``ScaleIntensityRanged`` + ``Resized``;
         with ``model_hu`` the area-resized HU (no window) of slices ``z0:z1`` are stored there too."""
-        hu = torch.from_numpy(ct.hounsfield(np.ascontiguousarray(block.transpose(2, 0, 1))))  # (k, X, Y)
+        hu = ct.hounsfield(np.ascontiguousarray(block.transpose(2, 0, 1)))  # (k, X, Y) float32
         if model_hu is not None:
-            resized = hu[:, None]
-            if tuple(resized.shape[-2:]) != self.slice_size:
-                resized = F.interpolate(resized, size=self.slice_size, mode="area")
-            model_hu[:, :, z0:z1] = resized[:, 0].permute(1, 2, 0).numpy()
+            model_hu[:, :, z0:z1] = area_resize(hu, self.slice_size).transpose(1, 2, 0)
         return window_and_resize(hu, self.hu_window, self.slice_size)
 
-    def _predict(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.fast_path is None:
-            labels = _predict_fp32(self.network, batch.to(self.device))
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        """(B, 1, H, W) float32 -> (B, H, W) uint8 labels."""
+        if hasattr(self.network, "predict_labels"):
+            labels = self.network.predict_labels(batch)
         else:
-            from .fast_path import predict_labels
+            import torch
 
-            labels = predict_labels(self.network, batch, self.fast_path, self.device)
+            batch = torch.from_numpy(np.ascontiguousarray(batch))
+            if self.fast_path is None:
+                labels = _predict_fp32(self.network, batch.to(self.device)).numpy()
+            else:
+                from .fast_path import predict_labels
+
+                labels = predict_labels(self.network, batch, self.fast_path, self.device).numpy()
         _log_first_batch()
         return labels
 
@@ -311,13 +329,11 @@ class StreamingSegmenter:
         """Nearest-neighbour uint8 upsampling, batch by batch, written through the orientation view."""
         label = np.zeros(shape, dtype=np.uint8, order="F")  # NIfTI's voxel order: the writer copies nothing
         target = nib.orientations.apply_orientation(label, ornt)  # a view of ``label``
-        size = target.shape[:2]
+        rows = nearest_index(model_labels.shape[0], target.shape[0])[:, None]  # torch's nearest rule
+        cols = nearest_index(model_labels.shape[1], target.shape[1])[None, :]
         for z0 in range(0, model_labels.shape[2], self.chunk_slices):
             z1 = min(model_labels.shape[2], z0 + self.chunk_slices)
-            block = torch.from_numpy(np.ascontiguousarray(model_labels[:, :, z0:z1].transpose(2, 0, 1)))[:, None]
-            if tuple(block.shape[-2:]) != tuple(size):
-                block = F.interpolate(block, size=size, mode="nearest")
-            target[:, :, z0:z1] = block[:, 0].permute(1, 2, 0).numpy()
+            target[:, :, z0:z1] = model_labels[:, :, z0:z1][rows, cols]
         return label
 
     # -- many cases --------------------------------------------------------------------------------------------
@@ -360,7 +376,7 @@ class StreamingSegmenter:
                 logger.info("resume: %d of %d cases already complete, %d to do", total - len(items), total,
                             len(items))
         self.collect_statistics = recorder is not None and getattr(recorder, "statistics", False)
-        early = prefetch and self.device.type == "cuda"
+        early = prefetch and str(self.device).startswith("cuda")
         results: list[dict] = []
         failed: list[str] = []
         bar = _progress_bar(len(items), progress, part_id, num_parts)

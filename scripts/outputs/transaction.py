@@ -20,7 +20,6 @@ temporaries exist, and recovery only runs under an exclusive one (it is skipped 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..common.atomic import publish
+from ..common.digest import file_sha256
 from ..common.errors import OutputError
 
 try:  # POSIX; elsewhere folders are not locked and recovery assumes one run per folder
@@ -61,13 +61,8 @@ def is_temporary_output(name: str) -> bool:
 
 def file_record(path: str | os.PathLike) -> dict[str, object]:
     """``{"bytes": size, "sha256": hex digest}`` of a file, as the completion marker lists it."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return {"bytes": size, "sha256": digest.hexdigest()}
+    size = os.stat(path).st_size
+    return {"bytes": size, "sha256": file_sha256(path)}
 
 
 def _fsync_file(path: Path) -> None:
