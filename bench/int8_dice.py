@@ -69,9 +69,9 @@ def train_stand_in(case_dirs: list[Path], minutes: float, out: Path) -> Path:
     for case in case_dirs:
         image = nib.as_closest_canonical(nib.load(str(case / "imaging.nii.gz")))
         label = nib.as_closest_canonical(nib.load(str(case / "segmentation.nii.gz")))
-        hu = torch.from_numpy(np.asarray(image.dataobj, dtype=np.float32).transpose(2, 0, 1).copy())
+        hu = np.asarray(image.dataobj, dtype=np.float32).transpose(2, 0, 1).copy()
         seg = torch.tensor([0, 1, 2, 1])[torch.from_numpy(np.asarray(label.dataobj, dtype=np.int64).transpose(2, 0, 1))]
-        xs.append(window_and_resize(hu, HU_WINDOW, DEMO_SLICE))
+        xs.append(torch.from_numpy(window_and_resize(hu, HU_WINDOW, DEMO_SLICE)))
         ys.append(F.interpolate(seg[:, None].float(), size=DEMO_SLICE, mode="nearest-exact").long())
     x, y = torch.cat(xs), torch.cat(ys)
     kidney = torch.nonzero(y.flatten(1).amax(1) > 0).flatten()

@@ -84,7 +84,7 @@ def main() -> None:
         from scripts.inference.streaming import ras_orientation
 
         ras = nib.orientations.apply_orientation(ct.voxels, ras_orientation(ct.affine))
-        slices = segmenter._preprocess(ct, ras)
+        slices = torch.from_numpy(segmenter._preprocess(ct, ras))
         print(json.dumps(out), flush=True)
         rows: dict[str, list[float]] = {}
         for flush in (False, True):

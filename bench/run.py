@@ -227,7 +227,7 @@ def table_slices(ct: Path, count: int) -> dict[int, torch.Tensor]:
     out = {}
     for size in (256, 128):
         segmenter = StreamingSegmenter(torch.nn.Identity(), slice_size=(size, size))
-        out[size] = segmenter._preprocess(loaded, block)
+        out[size] = torch.from_numpy(segmenter._preprocess(loaded, block))
     return out
 
 

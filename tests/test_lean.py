@@ -156,3 +156,26 @@ def test_lean_export_on_a_full_disk_is_one_line_and_leaves_nothing(phantom_dir, 
     assert result.returncode == 2, result.stderr[-2000:]
     assert "cannot write its export" in result.stderr.strip().splitlines()[-1]
     assert left == ["model.pt"]
+
+
+def test_lean_runs_a_channel_pruned_network_like_the_full_path(phantom_dir, tiny_setup, tmp_path):
+    """``configs/structured.json`` builds its network from the weights file (channel widths): the export must too."""
+    import torch
+
+    from scripts.networks import WPUNet
+    from scripts.pruning.structured import prune_channels
+
+    _, overlay = tiny_setup
+    torch.manual_seed(3)
+    net = WPUNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8, 16), strides=(2, 2)).eval()
+    prune_channels(net, torch.rand(1, 1, 64, 64), ratio=0.5)
+    weights = tmp_path / "pruned" / "model_structured.pt"
+    weights.parent.mkdir()
+    torch.save({"model": net.state_dict()}, weights)
+    run = ["-i", phantom_dir / "case_00003", "-m", weights, "--config", "configs/structured.json", "--config",
+           overlay, "-q"]
+    lean = _kidney_seg([*run, "-o", tmp_path / "lean", "--lean"])
+    assert lean.returncode == 0, lean.stderr[-3000:]
+    full = _kidney_seg([*run, "-o", tmp_path / "full"])
+    assert full.returncode == 0, full.stderr[-3000:]
+    np.testing.assert_array_equal(_labels(tmp_path / "lean", "case_00003"), _labels(tmp_path / "full", "case_00003"))

@@ -107,9 +107,11 @@ def _export(config_files: Sequence[Path], weights: Path, configs_digest: str) ->
     parser = ConfigParser()
     parser.read_config([str(f) for f in config_files])
     parser["bundle_root"] = str(bundle_root())
-    network = parser.get_parsed_content("network_def", instantiate=True)
-    if is_3d_network(network):
+    parser["model_path"] = str(weights)  # a channel-pruned network reads its widths from the weights file
+    parser["backend"], parser["device"] = "torch", "$torch.device('cpu')"
+    if is_3d_network(parser.get_parsed_content("network_def", instantiate=True)):
         raise InputError("--lean runs the 2D networks (slice by slice); this network is 3D: run without --lean")
+    network = parser.get_parsed_content("network", instantiate=True)  # the config's network (structured: pruned)
     settings = {key: parser.get_parsed_content(key) for key in SETTING_IDS}
     settings = json.loads(json.dumps(settings, default=list))  # tuples and config lists as plain JSON
     props = {CONFIGS_KEY: configs_digest, SETTINGS_KEY: json.dumps(settings, sort_keys=True)}
