@@ -24,40 +24,52 @@ def window_and_resize(hu: np.ndarray, hu_window: Sequence[float], slice_size: Se
     image = np.asarray(hu, dtype=np.float32) - np.float32(low)
     image /= np.float32(high - low)
     np.clip(image, 0.0, 1.0, out=image)
-    return area_resize(image, slice_size)[:, None]
+    resized = area_resize(image, slice_size)
+    return resized.reshape(resized.shape[0], 1, *resized.shape[1:])  # canonical strides, not [:, None]'s 0
 
 
 def area_resize(images: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """(k, X, Y) float32 to (k, H, W): each output pixel is the mean of the input pixels its area covers
     (adaptive average pooling: rows ``floor(i*X/H)`` to ``ceil((i+1)*X/H)``, likewise columns).
 
-    Whole-number reductions (512 -> 256) add the strided views in the order torch's kernel does (rows, then
-    columns) and divide once; other sizes multiply by the row and column averaging matrices.
+    Bit for bit what torch's CPU kernel computes (``tests/test_preprocessing.py``), so that the streaming path and
+    the MONAI transforms (``Resized``) give the same network input: the window's pixels are added in float32 in
+    row-major order, then the sum is divided by its height and then by its width. Whole-number reductions
+    (512 -> 256) add strided views; other sizes gather per window offset (a masked term adds an exact zero).
     """
+    images = np.ascontiguousarray(images, dtype=np.float32)
     k, rows, cols = images.shape
     height, width = int(size[0]), int(size[1])
     if (rows, cols) == (height, width):
-        return np.ascontiguousarray(images, dtype=np.float32)
+        return images.copy()
     if rows % height == 0 and cols % width == 0:
         fy, fx = rows // height, cols // width
         total = np.zeros((k, height, width), dtype=np.float32)
         for dy in range(fy):
             for dx in range(fx):
                 total += images[:, dy::fy, dx::fx]
-        total /= np.float32(fy * fx)
+        total /= np.float32(fy)
+        total /= np.float32(fx)
         return total
-    return np.matmul(np.matmul(_area_matrix(rows, height), images), _area_matrix(cols, width).T)
+    (r0, kh), (c0, kw) = _windows(rows, height), _windows(cols, width)
+    total = np.zeros((k, height, width), dtype=np.float32)
+    for dy in range(int(kh.max())):
+        picked_rows = images[:, np.minimum(r0 + dy, rows - 1), :]
+        for dx in range(int(kw.max())):
+            term = picked_rows[:, :, np.minimum(c0 + dx, cols - 1)]
+            total += np.where((dy < kh)[:, None] & (dx < kw)[None, :], term, np.float32(0.0))
+    total /= kh.astype(np.float32)[:, None]
+    total /= kw.astype(np.float32)[None, :]
+    return total
 
 
 @lru_cache(maxsize=16)
-def _area_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, size_in) float32 rows that average the input range each output pixel covers."""
-    matrix = np.zeros((size_out, size_in), dtype=np.float32)
-    for i in range(size_out):
-        start, stop = (i * size_in) // size_out, -(-((i + 1) * size_in) // size_out)
-        matrix[i, start:stop] = 1.0 / (stop - start)
-    matrix.setflags(write=False)
-    return matrix
+def _windows(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """First input index and length of each output pixel's window (adaptive pooling)."""
+    index = np.arange(size_out)
+    start = (index * size_in) // size_out
+    stop = -(-((index + 1) * size_in) // size_out)
+    return start, stop - start
 
 
 def nearest_index(size_in: int, size_out: int) -> np.ndarray:

@@ -315,7 +315,11 @@ class StreamingSegmenter:
         else:
             import torch
 
-            batch = torch.from_numpy(np.ascontiguousarray(batch))
+            # a fresh torch tensor: numpy can hand over odd strides on size-1 axes (a (B, 1, H, W) copy of a
+            # [:, None] view has channel stride 1), which oneDNN reads as another memory format and rounds differently
+            tensor = torch.empty(batch.shape, dtype=torch.float32)
+            tensor.numpy()[...] = batch
+            batch = tensor
             if self.fast_path is None:
                 labels = _predict_fp32(self.network, batch.to(self.device)).numpy()
             else:
