@@ -7,7 +7,9 @@ demo data only and are **never evidence of clinical accuracy**; a Dice score mea
 nothing about performance on patients.
 
 Each case holds an abdomen (skin, subcutaneous fat, muscle wall, spine, psoas, paraspinal muscles,
-liver, spleen, aorta, IVC, bowel, optional lung bases and patient table) and one or two kidneys with
+liver, spleen, aorta, IVC, bowel, optional lung bases and patient table), a pelvis (iliac, pubic and
+femoral bones with trabecular texture, iliacus, gluteal, iliopsoas and obturator muscles, iliac vessels,
+pelvic bowel loops, sigmoid, bladder, uterus or prostate, rectum) and one or two kidneys with
 a cortex/medulla pattern, tumours and cysts. Labels follow KiTS21/23: 0 background, 1 kidney,
 2 tumour, 3 cyst. Files use the KiTS layout ``case_XXXXX/imaging.nii.gz`` (int16 HU) and
 ``case_XXXXX/segmentation.nii.gz`` (uint8), stored either like real KiTS (axes I, P, L) or as RAS.
@@ -449,7 +451,9 @@ def _draw_contrast(rng: np.random.Generator, phase: str | None) -> _Contrast:
     ivc_arterial, ivc_venous = u(80, 120), u(130, 170)
     cortex_a, medulla_a, homog, jitter = u(150, 250), u(60, 100), u(120, 200), rng.uniform(-5, 5, 2)
     hu_cortex, hu_medulla = (cortex_a, medulla_a) if cm else (homog + jitter[0], homog + jitter[1])
-    hu_bone_c, hu_bone_k = u(200, 400), u(700, 1200)
+    # Cancellous bone down to 100 HU: KiTS patients are mostly over 50 and often osteopenic (the real CT's
+    # femoral heads read 100-200 HU), so bone overlaps the enhanced kidney's 120-200 HU.
+    hu_bone_c, hu_bone_k = u(100, 400), u(700, 1200)
     # Unenhanced: kidney 25-45, liver 40-70, spleen 40-55, blood 35-55 HU (no contrast agent).
     nat_kidney, nat_liver, nat_spleen, nat_blood = u(25, 45), u(40, 70), u(40, 55), u(35, 55)
     aorta, ivc = (aorta_arterial, ivc_arterial) if cm else (aorta_venous, ivc_venous)
@@ -644,6 +648,8 @@ class _Scene:
         self.inner: np.ndarray | None = None
         self.cavity: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))  # its half-axes per slice
         self.real_masses: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []  # KiTS23 label blocks
+        self.textures: list = []  # (box slices, tissue id, HU offsets) added at rendering, like the tumour textures
+        self.hips: dict[int, tuple[np.ndarray, float]] = {}  # femoral head centre and radius by side
 
     def add(self, name: str, hu: float, label: int = 0) -> int:
         """Register a tissue that later stages look up by ``name``; returns its id."""
@@ -705,29 +711,43 @@ def _paint_table(s: _Scene, hab: _Habitus) -> None:
     _paint(s.vol, sl, np.broadcast_to(skin, full.shape), shell)
 
 
-def _paint_bowel(s: _Scene, hab: _Habitus) -> None:
-    """Bowel tissues, then 30-55 loops in front of the spine (distractors)."""
-    u = s.rng.uniform
-    s.add("bowel_wall", u(30, 60))
+def _paint_bowel(s: _Scene, hab: _Habitus, contrast: _Contrast) -> None:
+    """Bowel tissues, 30-55 loops in front of the spine and 6-14 more in the pelvis (distractors).
+
+    With contrast the bowel wall and collapsed loops enhance (60-130 / 40-110 HU), and 30% of the cases
+    carry positive oral contrast (150-450 HU) in some loops: kidney-like intensities outside the kidneys
+    (issue 18: the pelvic false positives on the real CT).
+    """
+    rng, u = s.rng, s.rng.uniform
+    enhanced = not contrast.native
+    s.add("bowel_wall", u(60, 130) if enhanced else u(30, 60))
     s.add("gas", u(-1000, -950))
     s.add("fluid", u(0, 25))
-    s.add("soft", u(25, 50))
+    s.add("soft", u(40, 110) if enhanced else u(25, 50))
     s.add("stool_soft", u(-50, 40))
-    for _ in range(int(s.rng.integers(30, 55))):
-        _paint_bowel_loop(s, hab)
+    oral = rng.random() < 0.3
+    s.add("oral", u(150, 450))
+    p_content = [0.2, 0.3, 0.2, 0.3] if oral else [0.3, 0.4, 0.3, 0.0]
+    for _ in range(int(rng.integers(30, 55))):
+        _paint_bowel_loop(s, hab, p_content, (max(s.z[0], s.lv.femoral + 50), min(s.z_top, s.lv.dome - 40)))
+    # Pelvic small-bowel loops fill the pelvis above the bladder, down to the femoral heads.
+    for _ in range(int(rng.integers(6, 15))):
+        _paint_bowel_loop(s, hab, p_content, (s.lv.femoral + 15, s.lv.crest), spread=0.6)
 
 
-def _paint_bowel_loop(s: _Scene, hab: _Habitus) -> None:
-    """One loop: a wall around gas, fluid or soft content."""
+def _paint_bowel_loop(s: _Scene, hab: _Habitus, p_content: Sequence[float], z_range: tuple[float, float],
+                      spread: float = 0.85) -> None:
+    """One loop in ``z_range`` (mm): a wall around gas, fluid, oral contrast or soft (collapsed) content."""
     rng, u = s.rng, s.rng.uniform
     c = [
-        u(-0.85, 0.85) * hab.inner_w,
+        u(-spread, spread) * hab.inner_w,
         u(min(hab.y_ant_spine + 15, hab.inner_ap - 25), hab.inner_ap - 8),
-        u(max(s.z[0], s.lv.femoral + 50), min(s.z_top, s.lv.dome - 40)),
+        u(*z_range) if z_range[1] > z_range[0] else z_range[0],
     ]
     semi = rng.uniform(10, 24) * rng.uniform(0.7, 1.4, 3)
     ell = _Ellipsoid(c, semi, _random_axes(rng))
-    content = [s.ids["gas"], s.ids["fluid"], s.ids["soft"]][int(rng.choice(3, p=[0.3, 0.4, 0.3]))]
+    names = ("gas", "fluid", "soft", "oral")
+    content = s.ids[names[int(rng.choice(4, p=p_content))]]
     s.paint_inside(ell, s.ids["bowel_wall"])
     if content != s.ids["soft"]:
         wall_t = u(2, 4)
@@ -759,17 +779,36 @@ def _paint_colon(s: _Scene, hab: _Habitus, side: int) -> None:
     cx = side * (hab.inner_w - r - u(5, 25)) + u(-5, 5) * np.sin(s.zn * u(2, 6) + u(0, 6))
     cy = hab.y_vert + u(15, 45) + u(-5, 5) * np.cos(s.zn * u(2, 6))
     zsel = (s.z > s.lv.crest - u(20, 50)) & (s.z < s.lv.kidney_top + u(-20, 20))
-    got = _tube_mask(s.grid, cx, cy, r, r * u(0.8, 1.0), zsel)
+    _paint_stool_tube(s, s.ids["bowel_wall"], cx, cy, r, r * u(0.8, 1.0), zsel, mottle_rng)
+
+
+def _paint_stool_tube(s: _Scene, wall: int, cx, cy, rx, ry, zsel: np.ndarray, mottle_rng: np.random.Generator) -> None:
+    """A colon segment: a 3 mm wall (tissue ``wall``) around mottled gas and stool, inside the cavity."""
+    got = _tube_mask(s.grid, cx, cy, rx, ry, zsel)
     if got is None:
         return
-    _paint(s.vol, got[0], got[1], s.ids["bowel_wall"], s.inner)
-    got_in = _tube_mask(s.grid, cx, cy, r - 3, r * 0.9 - 3, zsel)
+    _paint(s.vol, got[0], got[1], wall, s.inner)
+    got_in = _tube_mask(s.grid, cx, cy, rx - 3, 0.9 * ry - 3, zsel)
     if got_in is None:
         return
     sl, m = got_in
     mot = _smooth_noise(mottle_rng, m.shape, (1.5, 1.5, 0.8)) > mottle_rng.uniform(-0.5, 0.3)
     _paint(s.vol, sl, m & mot, s.ids["gas"], s.inner)
     _paint(s.vol, sl, m & ~mot, s.ids["stool_soft"], s.inner)
+
+
+def _paint_sigmoid(s: _Scene, hab: _Habitus) -> None:
+    """Sigmoid colon: from the left iliac fossa, looping medially and down to the rectum (own wall id)."""
+    rng, u = s.rng, s.rng.uniform
+    mottle_rng = np.random.default_rng(int(rng.integers(0, 2**62)))
+    top, bottom = s.lv.crest - u(0, 30), s.lv.crest - u(55, 85)
+    t = np.clip((top - s.z) / max(top - bottom, 1.0), 0.0, 1.0)  # 0 at the descending colon, 1 at the rectum
+    x0 = -(hab.inner_w - u(25, 45))
+    cx = x0 * (1 - t) + u(-10, 10) * t + u(10, 30) * np.sin(np.pi * t * u(1.0, 2.0))
+    cy = hab.y_vert + u(20, 45) + u(10, 40) * np.sin(np.pi * t)
+    r = u(12, 20)
+    _paint_stool_tube(s, s.add("sigmoid_wall", s.tis.hu[s.ids["bowel_wall"]]), cx, cy, r, r * u(0.8, 1.0),
+                      (s.z <= top) & (s.z >= bottom), mottle_rng)
 
 
 def _liver_keep(kidneys: dict[int, _Ellipsoid], cut_fx: float, cut_fy: float) -> Callable | None:
@@ -893,36 +932,122 @@ def _paint_gluteals(s: _Scene, hab: _Habitus) -> None:
         _paint_ellipsoid(s.vol, s.grid, glut, s.ids["muscle"], s.sub)
 
 
-def _paint_pelvic_bones(s: _Scene, hab: _Habitus) -> None:
-    """Iliac wings (sacroiliac joint to anterior iliac spine, below the crest), femoral heads and necks."""
+def _axes_along(long_axis: Sequence[float]) -> np.ndarray:
+    """Local axes (rows) whose third axis is ``long_axis``."""
+    w = _unit(long_axis)
+    helper = np.array([0.0, 1.0, 0.0]) if abs(w[1]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    a = _unit(np.cross(helper, w))
+    return np.stack([a, np.cross(w, a), w])
+
+
+def _between(p0: Sequence[float], p1: Sequence[float], semi_ab: tuple[float, float], extra: float = 0.0) -> _Ellipsoid:
+    """An elongated ellipsoid from point ``p0`` to ``p1`` (mm) with cross-section half-axes ``semi_ab``."""
+    p0, p1 = np.asarray(p0, dtype=float), np.asarray(p1, dtype=float)
+    half = float(np.linalg.norm(p1 - p0)) / 2 + extra
+    return _Ellipsoid((p0 + p1) / 2, [semi_ab[0], semi_ab[1], max(half, 1.0)], _axes_along(p1 - p0))
+
+
+def _paint_pelvis(s: _Scene, hab: _Habitus, contrast: _Contrast) -> None:
+    """Pelvic muscles, then the bony pelvis over them (issue 18: kidney-like soft tissue around the iliac bones).
+
+    Muscles (each its own HU, 40-70 like muscle): iliacus on the inner face of each iliac wing, gluteus
+    medius/minimus on its outer face, iliopsoas in front of the femoral head, obturator internus on the
+    pelvic side wall. Bones: sacral alae, iliac wings, the ilium down to the acetabulum, femoral heads, necks
+    and greater trochanters, superior pubic rami; the cancellous bone gets a trabecular texture.
+    """
     u = s.rng.uniform
+    names = ("iliacus", "gluteus_med", "iliopsoas", "obturator")
+    muscles = {n: s.add(n, float(np.clip(contrast.muscle + u(-8, 12), 35, 70))) for n in names}
+    bones: list[tuple[_Ellipsoid, float]] = []
     for side in (1, -1):
         theta = np.deg2rad(u(30, 50))
         d = np.array([side * np.cos(theta), np.sin(theta), 0.0])
         normal = np.array([-d[1], d[0], 0.0])
+        n_med = np.array([-side * np.sin(theta), np.cos(theta), 0.0])  # the iliac fossa faces anteromedially
         wing = _Ellipsoid(
             [side * u(70, 90), hab.y_vert + u(15, 35), s.lv.crest - u(45, 60)],
             [u(6, 9), u(50, 65), u(45, 60)], np.stack([normal, d, [0.0, 0.0, 1.0]]),
         )
-        _paint_bone(s, wing, u(1.5, 2.5))
         r = u(22, 27)
-        head = _Ellipsoid([side * u(80, 95), hab.y_vert + u(40, 60), s.lv.femoral], [r, r, r])
-        _paint_bone(s, head, u(1.5, 2.5))
+        head = np.array([side * u(80, 95), hab.y_vert + u(40, 60), s.lv.femoral])
+        s.hips[side] = (head, r)
+        # Muscles first: the bones are painted over them.
+        t_il, t_gl = u(6, 12), u(10, 20)
+        iliacus = _Ellipsoid(wing.centre + n_med * (wing.semi[0] + 0.7 * t_il),
+                             [t_il, wing.semi[1] * u(0.75, 0.95), wing.semi[2] * u(0.85, 1.0)], wing.axes)
+        s.paint_inside(iliacus, muscles["iliacus"])
+        gluteus = _Ellipsoid(wing.centre - n_med * (wing.semi[0] + 0.7 * t_gl),
+                             [t_gl, wing.semi[1] * u(0.8, 1.0), wing.semi[2] * u(0.9, 1.15)], wing.axes)
+        _paint_ellipsoid(s.vol, s.grid, gluteus, muscles["gluteus_med"], s.sub)
+        wing_low = wing.centre + np.array([0.0, 0.0, -0.8 * wing.semi[2]]) + n_med * (wing.semi[0] + t_il)
+        front = head + np.array([-side * u(0, 10), r + u(6, 12), u(-10, 0)])
+        _paint_ellipsoid(s.vol, s.grid, _between(wing_low, front, (u(12, 18), u(10, 15)), u(15, 30)),
+                         muscles["iliopsoas"], s.sub)
+        obt = _Ellipsoid([head[0] - side * (r + u(12, 20)), head[1] + u(-10, 10), s.lv.femoral + u(-15, 10)],
+                         [u(5, 9), u(22, 32), u(25, 35)])
+        s.paint_inside(obt, muscles["obturator"])
+        # Bones.
+        ala = _Ellipsoid([side * (hab.vert_rx + u(12, 22)), hab.y_vert - u(0, 12), s.lv.crest - u(40, 60)],
+                         [u(18, 28), u(12, 18), u(25, 35)])
+        acetabulum = _Ellipsoid(head + np.array([-side * u(4, 8), u(-4, 4), u(0, 6)]), [r + u(4, 7)] * 3)
+        ilium = _between(wing.centre - np.array([0.0, 0.0, 0.7 * wing.semi[2]]), acetabulum.centre,
+                         (u(10, 15), u(15, 22)), 5.0)
         tilt = np.deg2rad(u(35, 55))
         long_axis = np.array([side * np.sin(tilt), 0.0, -np.cos(tilt)])
         neck_axes = np.stack([np.cross(long_axis, [0.0, 1.0, 0.0]), [0.0, 1.0, 0.0], long_axis])
-        neck = _Ellipsoid(head.centre + long_axis * u(35, 45), [u(12, 16), u(12, 16), u(40, 55)], neck_axes)
-        _paint_bone(s, neck, u(2, 3))
+        neck = _Ellipsoid(head + long_axis * u(35, 45), [u(12, 16), u(12, 16), u(40, 55)], neck_axes)
+        trochanter = _Ellipsoid(head + np.array([side * u(45, 60), u(-10, 5), -u(15, 30)]), [u(12, 18), u(15, 20), u(18, 25)])
+        ramus = _between(head + np.array([-side * 0.6 * r, 0.6 * r, -u(5, 15)]),
+                         [side * u(8, 14), head[1] + u(35, 55), s.lv.femoral - u(15, 30)], (u(6, 10), u(6, 10)), 5.0)
+        bones += [(ala, u(1.5, 2.5)), (wing, u(1.5, 2.5)), (ilium, u(1.5, 2.5)), (acetabulum, u(2, 3)),
+                  (_Ellipsoid(head, [r, r, r]), u(1.5, 2.5)), (neck, u(2, 3)), (trochanter, u(1.5, 2.5)),
+                  (ramus, u(1.5, 2.5))]
+    for ell, rim in bones:
+        _paint_bone(s, ell, rim)
+    lo = np.min([e.centre - e.half_extent() for e, _ in bones], axis=0)
+    hi = np.max([e.centre + e.half_extent() for e, _ in bones], axis=0)
+    _add_texture(s, lo, hi, s.ids["pelvis_c"], u(15, 50), u(1.0, 2.5))
 
 
-def _paint_bladder_rectum(s: _Scene, hab: _Habitus) -> None:
-    """Urinary bladder (anterior, just above the femoral heads) and the rectum in front of the sacrum."""
-    u = s.rng.uniform
-    bladder = _Ellipsoid(
-        [u(-10, 10), u(0.25, 0.5) * hab.inner_ap, s.lv.femoral + u(5, 35)], [u(30, 50), u(25, 40), u(25, 45)]
-    )
+def _add_texture(s: _Scene, lo: Sequence[float], hi: Sequence[float], tid: int, amp: float, corr_mm: float) -> None:
+    """Smoothed-noise HU offsets (``amp`` HU, ``corr_mm`` correlation) on tissue ``tid`` in the box [lo, hi] (mm)."""
+    sl = s.grid.bbox(lo, hi)
+    if sl is None:
+        return
+    shape = tuple(d.stop - d.start for d in sl)
+    noise = _smooth_noise(s.rng, shape, np.clip(corr_mm / s.grid.spacing, 0.5, None))
+    s.textures.append((sl, tid, amp * noise))
+
+
+def _paint_bladder_rectum(s: _Scene, hab: _Habitus, contrast: _Contrast) -> None:
+    """Urinary bladder (anterior, above the femoral heads), uterus or prostate, and the rectum.
+
+    The bladder is full or nearly empty (thick wall), with excreted contrast layering at the back in 12% of
+    the enhanced cases; the uterus (half of the cases, above and behind the bladder) or the prostate (below
+    it) are soft-tissue masses of 30-60 HU unenhanced and up to 150 HU enhanced: kidney-like pelvic distractors.
+    """
+    rng, u = s.rng, s.rng.uniform
+    full = rng.random() < 0.75
+    semi = np.array([u(30, 50), u(25, 40), u(25, 45)]) * (1.0 if full else u(0.4, 0.6))
+    bladder = _Ellipsoid([u(-10, 10), u(0.25, 0.5) * hab.inner_ap, s.lv.femoral + u(5, 35)], semi)
     s.paint_inside(bladder, s.ids["bowel_wall"])
-    s.paint_inside(_Ellipsoid(bladder.centre, bladder.semi - u(2, 4)), s.add("urine", u(0, 20)))
+    inner = _Ellipsoid(bladder.centre, np.maximum(bladder.semi - (u(2, 4) if full else u(4, 8)), 1.0))
+    s.paint_inside(inner, s.add("urine", u(0, 20)))
+    dense, level = u(200, 800), u(-0.8, 0.0)
+    if not contrast.native and rng.random() < 0.12:
+        cut = inner.centre[1] + level * inner.semi[1]
+        s.paint_inside(inner, s.add("urine_contrast", dense), lambda x, y, z: y < cut)
+    female = rng.random() < 0.5
+    native_hu, enhanced_hu = u(35, 60), u(60, 150)
+    organ = s.add("pelvic_organ", native_hu if contrast.native else enhanced_hu)
+    if female:
+        uterus = _Ellipsoid(bladder.centre + np.array([u(-15, 15), -bladder.semi[1] * u(0.5, 1.0), bladder.semi[2] * u(0.4, 1.0)]),
+                            [u(25, 40), u(18, 28), u(30, 45)], _axes_along([u(-0.3, 0.3), u(0.3, 1.0), 1.0]))
+        s.paint_inside(uterus, organ)
+    else:
+        prostate = _Ellipsoid(bladder.centre + np.array([0.0, -u(0, 10), -bladder.semi[2] - u(10, 20)]),
+                              [u(18, 25), u(14, 20), u(15, 22)])
+        s.paint_inside(prostate, organ)
     r, cy = u(12, 20), hab.y_ant_spine + u(15, 25)
     zsel = s.z < s.lv.crest - u(40, 70)
     _paint_tube(s.vol, s.grid, s.ids["bowel_wall"], u(-5, 5), cy, r, r, zsel=zsel, within=s.inner)
@@ -971,8 +1096,10 @@ def _paint_back_muscles(s: _Scene, hab: _Habitus) -> None:
     for side in (1, -1):
         para_x = side * (hab.para_rx + u(2, 6))
         _paint_tube(s.vol, s.grid, muscle, para_x, hab.para_y, hab.para_rx, hab.para_ry, within=s.sub)
-        psoas_x = side * (hab.vert_rx + psoas_r * 0.9 + u(0, 4))
-        psoas_y = hab.y_vert + u(-4, 4)
+        # Below the crest the psoas runs laterally and forwards to join the iliacus in front of the hip.
+        drift = np.clip((lv.crest - s.z) / max(lv.crest - lv.femoral, 1.0), 0.0, 1.0)
+        psoas_x = side * (hab.vert_rx + psoas_r * 0.9 + u(0, 4) + drift * u(20, 40))
+        psoas_y = hab.y_vert + u(-4, 4) + drift * u(15, 35)
         _paint_tube(
             s.vol, s.grid, muscle, psoas_x, psoas_y, psoas_r, psoas_r * u(0.8, 1.0), zsel=psoas_r > 0, within=s.inner
         )
@@ -993,6 +1120,8 @@ def _paint_vertebral_body(s: _Scene, hab: _Habitus, is_disc: np.ndarray) -> None
     if core is not None:
         _paint(s.vol, core[0], core[1], s.ids["bone_c"])
     _paint(s.vol, sl, m & is_disc[sl[2]].reshape(1, 1, -1), s.ids["disc"])
+    lo, hi = [-hab.vert_rx, hab.y_vert - hab.vert_ry, -1e9], [hab.vert_rx, hab.y_ant_spine, 1e9]
+    _add_texture(s, lo, hi, s.ids["bone_c"], s.rng.uniform(15, 50), s.rng.uniform(1.0, 2.5))  # trabeculae
 
 
 def _paint_neural_arch(s: _Scene, hab: _Habitus, is_disc: np.ndarray, mid_vert: np.ndarray) -> None:
@@ -1022,6 +1151,54 @@ def _paint_vessels(s: _Scene, hab: _Habitus, contrast: _Contrast) -> None:
     above_bifurcation = s.z > s.lv.crest - 10  # the great vessels divide into the iliacs at L4
     _paint_tube(s.vol, s.grid, aorta, ao_x, ao_y, r_ao, r_ao, zsel=above_bifurcation, within=s.inner)
     _paint_tube(s.vol, s.grid, ivc, ivc_x, ivc_y, ivc_rx, ivc_ry, zsel=above_bifurcation, within=s.inner)
+    z_bif = s.lv.crest - 10
+    start = {"iliac_artery": (np.interp(z_bif, s.z, ao_x), ao_y), "iliac_vein": (np.interp(z_bif, s.z, ivc_x), ivc_y)}
+    _paint_iliac_vessels(s, hab, {"iliac_artery": contrast.aorta, "iliac_vein": contrast.ivc}, start)
+
+
+def _paint_iliac_vessels(s: _Scene, hab: _Habitus, hu: dict[str, float], start: dict[str, tuple[float, float]]) -> None:
+    """Common, external and internal iliac arteries and veins, from the bifurcation to the groins, in fat cuffs.
+
+    They carry the aorta's / IVC's contrast (150-400 HU enhanced): tubular kidney-like intensities in the pelvis.
+    """
+    u = s.rng.uniform
+    z_bif = s.lv.crest - 10
+    cuffable = [s.ids[n] for n in ("fat_in", "bowel_wall", "gas", "fluid", "soft", "oral", "stool_soft", "sigmoid_wall")]
+    muscles = [s.ids[n] for n in ("muscle", "iliacus", "iliopsoas", "obturator")]
+    for name in ("iliac_artery", "iliac_vein"):
+        tid, vein = s.add(name, hu[name]), name == "iliac_vein"
+        for side in (1, -1):
+            head, r_head = s.hips[side]
+            x0, y0 = start[name]
+            z1, z2 = s.lv.crest - u(35, 55), s.lv.femoral - u(10, 25)
+            x1, y1 = side * u(25, 45), hab.y_vert + u(5, 20)
+            x2, y2 = head[0] - side * u(5, 20), head[1] + r_head + u(15, 30)
+            if vein:  # behind and medial to the artery
+                x1, y1, x2, y2 = x1 - side * u(3, 8), y1 - u(5, 10), x2 - side * u(3, 8), y2 - u(3, 8)
+            r_common, r_ext = (u(6, 9), u(5, 8)) if vein else (u(5, 7), u(4, 6))
+            zs = [z2, z1, z_bif + 5]
+            cx, cy = np.interp(s.z, zs, [x2, x1, x0]), np.interp(s.z, zs, [y2, y1, y0])
+            rad = np.interp(s.z, zs, [r_ext, r_common, r_common])
+            zsel = (s.z >= z2) & (s.z <= z_bif + 5)
+            # Internal iliac: from the division backwards and down towards the sacrum.
+            zi = s.lv.crest - u(70, 100)
+            ix = np.interp(s.z, [zi, z1], [side * u(40, 60), x1])
+            iy = np.interp(s.z, [zi, z1], [hab.y_vert - u(0, 20), y1])
+            isel = (s.z >= zi) & (s.z <= z1)
+            r_int = u(3, 5)
+            cuff = u(2, 4)
+            _paint_tube_over(s, s.ids["fat_in"], cx, cy, rad + cuff, zsel, cuffable)
+            _paint_tube_over(s, s.ids["fat_in"], ix, iy, r_int + cuff, isel, cuffable)
+            _paint_tube_over(s, tid, cx, cy, rad, zsel, cuffable + muscles)
+            _paint_tube_over(s, tid, ix, iy, r_int, isel, cuffable + muscles)
+
+
+def _paint_tube_over(s: _Scene, tid: int, cx, cy, r, zsel: np.ndarray, over: list[int]) -> None:
+    """Paint a round :func:`_tube_mask` tube with tissue ``tid`` only over the tissues ``over`` (never bone)."""
+    got = _tube_mask(s.grid, cx, cy, r, r, zsel)
+    if got is not None:
+        sl, m = got
+        np.putmask(s.vol[sl], m & s.sub[sl] & np.isin(s.vol[sl], over), tid)
 
 
 def _paint_kidneys(s: _Scene, contrast: _Contrast, kidneys: _Kidneys) -> None:
@@ -1095,19 +1272,20 @@ def _paint_anatomy(s: _Scene, hab: _Habitus, contrast: _Contrast, kidneys: _Kidn
     _paint_table(s, hab)
     _paint_gluteals(s, hab)
     _paint_lungs(s, hab)
-    _paint_bowel(s, hab)
+    _paint_bowel(s, hab, contrast)
     _paint_stomach(s, hab)
     for side in (1, -1):
         _paint_colon(s, hab, side)
+    _paint_sigmoid(s, hab)
     _paint_liver(s, hab, contrast, kidneys)
     _paint_spleen(s, hab, contrast, kidneys)
     _paint_heart(s, hab, contrast)
     _paint_perirenal_fat(s, kidneys)
     _paint_spine(s, hab, contrast)
-    _paint_pelvic_bones(s, hab)
+    _paint_pelvis(s, hab, contrast)
     _paint_ribs(s, hab)
     _paint_vessels(s, hab, contrast)
-    _paint_bladder_rectum(s, hab)
+    _paint_bladder_rectum(s, hab, contrast)
     _paint_kidneys(s, contrast, kidneys)
 
 
