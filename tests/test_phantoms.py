@@ -352,3 +352,52 @@ def test_check_set_case_keeps_the_real_mask_and_is_seeded():
     np.testing.assert_allclose(got[1:3], ml[1:3], rtol=0.1, atol=500)  # kidney and tumour mm^3 kept
     assert image.dtype == np.int16 and np.median(image[label == 1]) > 0  # soft tissue, not fat or air
     np.testing.assert_array_equal(generate_check_case(path, 1, in_plane_size=128)[0], image)
+
+
+# ---- issue 18 follow-up: a varied pelvis (kidney-like distractors outside the kidneys' axial range) ----
+
+PELVIC_TISSUES = ("iliacus", "gluteus_med", "iliopsoas", "obturator", "iliac_artery", "iliac_vein", "pelvic_organ",
+                  "sigmoid_wall", "urine")
+
+
+def _full_scene(seed: int, phase: str | None = None):
+    return phantoms._build_scene(seed, 96, (4.0, (1.0, 5.0)), phase, (None, None), False, None, "full")[0]
+
+
+@pytest.mark.parametrize("seed", [0, 3, 7])
+def test_pelvic_organs_present_in_their_axial_range_and_unlabelled(seed):
+    scene = _full_scene(seed)
+    lv, step = scene.lv, float(scene.grid.spacing[2])
+    z = {name: _tissue_z(scene, name) for name in PELVIC_TISSUES}
+    for name, zs in z.items():
+        assert zs.size, f"seed {seed}: no {name}"
+        assert scene.tis.label[scene.ids[name]] == 0, f"{name} must be background"
+    for name in ("iliacus", "gluteus_med", "iliopsoas"):  # along the iliac wing, down to the hip
+        assert z[name].max() < lv.crest + 20 and z[name].min() > lv.femoral - 60, name
+    assert np.abs(z["obturator"] - lv.femoral).max() < 50  # pelvic side wall at the hip joints
+    for name in ("iliac_artery", "iliac_vein"):  # from the bifurcation (crest - 10 mm) to the groins
+        assert z[name].max() <= lv.crest - 5 + step and z[name].min() >= lv.femoral - 25 - step, name
+    assert z["pelvic_organ"].max() < lv.kidney_bottom - 40 and z["sigmoid_wall"].max() <= lv.crest + step
+    # no kidney, tumour or cyst label anywhere in the pelvis
+    assert not scene.labels()[:, :, scene.grid.coords[2] < lv.crest].any()
+
+
+def test_pelvic_distractors_take_kidney_like_intensities():
+    for seed in range(4):
+        native, enhanced = _full_scene(seed, "unenhanced"), _full_scene(seed, "nephrographic")
+        hu = {name: enhanced.tis.hu[enhanced.ids[name]] for name in ("iliac_artery", "iliac_vein", "pelvic_organ")}
+        assert all(v >= 60 for v in hu.values()), hu  # enhancing: overlaps the kidney's 120-200 HU
+        for name in ("iliacus", "gluteus_med", "iliopsoas", "obturator"):
+            assert 35 <= native.tis.hu[native.ids[name]] <= 70  # muscle, as close to the 25-45 HU native kidney
+        assert 30 <= native.tis.hu[native.ids["pelvic_organ"]] <= 60
+        # the phase changes intensities, never where the pelvic organs are
+        for name in PELVIC_TISSUES:
+            np.testing.assert_array_equal(native.vol == native.ids[name], enhanced.vol == enhanced.ids[name])
+
+
+def test_pelvic_bone_texture_stays_on_cancellous_bone():
+    scene = phantoms._build_scene(2, 96, (4.0, (1.0, 5.0)), None, (None, None), False, None, "full")[0]
+    ids = {tid for _, tid, _ in scene.textures}
+    assert {scene.ids["pelvis_c"], scene.ids["bone_c"]} <= ids
+    img = phantoms._render_image(scene, list(scene.textures), np.random.default_rng(0))
+    assert img.dtype == np.int16 and img.shape == scene.vol.shape

@@ -891,7 +891,8 @@ def _paint_heart(s: _Scene, hab: _Habitus, contrast: _Contrast) -> None:
     semi = np.array([u(50, 65), u(40, 50), u(45, 60)])
     ang = np.deg2rad(u(20, 45))
     axes = np.array([[np.cos(ang), np.sin(ang), 0], [-np.sin(ang), np.cos(ang), 0], [0, 0, 1]])
-    myocardium = s.add("myocardium", contrast.muscle + (0.0 if contrast.native else u(40, 80)))
+    enhancement = u(40, 80)  # drawn in every phase, so the phase shifts no later draw
+    myocardium = s.add("myocardium", contrast.muscle + (0.0 if contrast.native else enhancement))
     s.paint_inside(_Ellipsoid(centre, semi + u(3, 8), axes), s.ids["fat_in"])
     s.paint_inside(_Ellipsoid(centre, semi, axes), myocardium)
     s.paint_inside(_Ellipsoid(centre, semi * u(0.6, 0.75), axes), s.add("heart_blood", contrast.blood))
@@ -1033,8 +1034,8 @@ def _paint_bladder_rectum(s: _Scene, hab: _Habitus, contrast: _Contrast) -> None
     s.paint_inside(bladder, s.ids["bowel_wall"])
     inner = _Ellipsoid(bladder.centre, np.maximum(bladder.semi - (u(2, 4) if full else u(4, 8)), 1.0))
     s.paint_inside(inner, s.add("urine", u(0, 20)))
-    dense, level = u(200, 800), u(-0.8, 0.0)
-    if not contrast.native and rng.random() < 0.12:
+    dense, level, layered = u(200, 800), u(-0.8, 0.0), rng.random() < 0.12  # drawn in every phase
+    if layered and not contrast.native:
         cut = inner.centre[1] + level * inner.semi[1]
         s.paint_inside(inner, s.add("urine_contrast", dense), lambda x, y, z: y < cut)
     female = rng.random() < 0.5
