@@ -113,6 +113,52 @@ def test_skip_empty_slices():
     np.testing.assert_array_equal(full, label)  # ThresholdNet labels air slices background anyway
 
 
+class _SlowThresholdPredictor:
+    """A numpy predictor (``predict_labels``) that labels voxels above mid-window 1, else 0, after a short sleep,
+    and records how many of its calls ran at once."""
+
+    def __init__(self, concurrent_calls: int) -> None:
+        import threading
+
+        self.concurrent_calls = concurrent_calls
+        self.running = self.most_at_once = 0
+        self.lock = threading.Lock()
+
+    def predict_labels(self, batch: np.ndarray) -> np.ndarray:
+        import time
+
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        time.sleep(0.02)
+        with self.lock:
+            self.running -= 1
+        return (batch[:, 0] > 0.5).astype(np.uint8)
+
+
+def test_concurrent_network_calls_give_the_same_labels():
+    rng = np.random.default_rng(0)
+    ras = rng.integers(-200, 400, size=(48, 40, 23)).astype(np.int16)
+    ras[:, :, 7] = -1000  # one air slice: skipped, labelled background
+    ct = LoadedCT("noise.nii.gz", ras, np.diag([1.0, 1.0, 2.0, 1.0]))
+    labels = {}
+    for calls in (1, 2):
+        predictor = _SlowThresholdPredictor(calls)
+        segmenter = StreamingSegmenter(predictor, slice_size=(32, 32), lcc_enabled=False, batch_size=2,
+                                       chunk_slices=8)
+        labels[calls], _ = segmenter.segment(ct)
+        assert predictor.most_at_once == calls  # two batches really ran at once (and never more than allowed)
+    assert labels[1][:, :, 7].max() == 0 and labels[1].max() == 1
+    np.testing.assert_array_equal(labels[2], labels[1])
+
+
+@pytest.mark.parametrize("cores, plan", [(1, (1, 1)), (2, (2, 1)), (3, (3, 1)), (8, (4, 2)), (16, (4, 4))])
+def test_onnx_runtime_concurrency_plan(cores, plan):
+    from scripts.inference.ort_session import concurrency_plan
+
+    assert concurrency_plan(cores) == plan
+
+
 def _numpy_peak(function, *args):
     """``function(*args)`` and the peak of the memory numpy (and Python) allocated meanwhile (tracemalloc)."""
     tracemalloc.start()
@@ -306,3 +352,21 @@ def test_release_input_before_output():
     label, _ = segmenter.segment(ct, release_input=True, after_network=lambda: seen.append(ct.voxels))
     assert seen == [None] and ct.voxels is None  # released before the callback (the next read) runs
     assert label.shape == (40, 40, 6) and label[20, 20, 3] > 0
+
+
+def test_onnx_runtime_labels_do_not_depend_on_threads_or_batch(tmp_path):
+    """The lean path's concurrency plan changes threads per call and slices per call; the labels must not change."""
+    from scripts.inference.onnx_backend import export_onnx
+    from scripts.inference.ort_session import OnnxSlicePredictor
+
+    torch.manual_seed(0)
+    onnx_path = export_onnx(PocketUNet(features=8, depth=3), tmp_path / "pocket.onnx", slice_size=(64, 64))
+    batch = np.random.default_rng(0).random((8, 1, 64, 64), dtype=np.float32)
+    logits = {}
+    for threads, size in ((1, 2), (2, 4), (2, 8), (1, 8)):
+        predictor = OnnxSlicePredictor(onnx_path, num_threads=threads)
+        logits[threads, size] = np.concatenate([predictor.logits(batch[i:i + size]) for i in range(0, 8, size)])
+    reference = logits[2, 8]
+    assert reference.std() > 0  # logits that vary: compared bit for bit, so labels on any threshold agree too
+    for key, value in logits.items():
+        np.testing.assert_array_equal(value, reference, err_msg=f"threads, batch = {key}")

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 LEAN_SUFFIX = ".lean.onnx"
 CONFIGS_KEY = "bundle_lean_configs_sha256"
 SETTINGS_KEY = "bundle_lean_settings"
-LEAN_BATCH = 4  # slices per ONNX Runtime call: the AVX2 rule's batch (scripts.inference.fast_path.AVX2_RULES)
+LEAN_BATCH = 2  # slices per ONNX Runtime call, with concurrency_plan()'s calls at once (docs/perf_notes/issue17_concurrency.md)
 SETTING_IDS = ("hu_window", "slice_size", "num_classes", "label_names", "lcc_enabled", "lcc_num_components",
                "skip_empty_slices")
 
@@ -74,13 +74,15 @@ def recipe_digest(config_files: Sequence[Path]) -> str:
 def lean_predictor(config_files: Sequence[Path], weights: Path):
     """``(predictor, settings)``: the ONNX Runtime predictor of the cached lean export and its settings, made
     first (torch + MONAI, once) when missing or out of date."""
-    from ..inference.ort_session import WEIGHTS_KEY, OnnxSlicePredictor
+    from ..inference.ort_session import WEIGHTS_KEY, OnnxSlicePredictor, concurrency_plan
 
+    calls, threads = concurrency_plan()
+    open_predictor = partial(OnnxSlicePredictor, num_threads=threads, concurrent_calls=calls)
     path = Path(f"{weights}{LEAN_SUFFIX}")
     wanted = {WEIGHTS_KEY: file_sha256(weights), CONFIGS_KEY: recipe_digest(config_files)}
     if path.is_file():
         try:
-            predictor = OnnxSlicePredictor(path)
+            predictor = open_predictor(path)
             metadata = predictor.metadata
             if all(metadata.get(key) == value for key, value in wanted.items()) and SETTINGS_KEY in metadata:
                 return predictor, json.loads(metadata[SETTINGS_KEY])
@@ -92,7 +94,7 @@ def lean_predictor(config_files: Sequence[Path], weights: Path):
     except OSError as exc:
         raise InputError(f"{path}: --lean cannot write its export beside the weights ({exc.strerror or exc}); copy "
                          "the weights to a writable folder and pass --model") from None
-    predictor = OnnxSlicePredictor(path)
+    predictor = open_predictor(path)
     return predictor, json.loads(predictor.metadata[SETTINGS_KEY])
 
 
@@ -145,7 +147,8 @@ def run_lean(input_path: str, output_dir: str, config_files: Sequence[Path], mod
                                    slice_size=settings["slice_size"], num_classes=settings["num_classes"],
                                    lcc_enabled=settings["lcc_enabled"],
                                    lcc_num_components=settings["lcc_num_components"],
-                                   skip_empty_slices=settings["skip_empty_slices"], batch_size=LEAN_BATCH)
+                                   skip_empty_slices=settings["skip_empty_slices"], batch_size=LEAN_BATCH,
+                                   chunk_slices=max(16, 2 * LEAN_BATCH * predictor.concurrent_calls))
     writer = partial(write_segmentation, output_dir=output_dir, output_format=output_format, label_names=label_names)
     recorder = CohortRecorder(output_dir, output_format=output_format, preview=preview, label_names=label_names,
                               statistics=statistics, outputs_complete=case_outputs_complete)

@@ -98,6 +98,16 @@ def _max_diameter_mm(coords_mm: np.ndarray) -> float:
     return float(np.sqrt((diffs ** 2).sum(-1)).max())
 
 
+def _centroid(components: np.ndarray, box: tuple[slice, ...], index: int) -> np.ndarray:
+    """Voxel centroid of component ``index`` inside its bounding box ``box``, from the mask's projections on each
+    axis (no voxel-coordinate arrays: a whole-body component costs one boolean mask of its box)."""
+    mask = components[box] == index
+    total = max(1, int(np.count_nonzero(mask)))
+    others = [tuple(a for a in range(mask.ndim) if a != axis) for axis in range(mask.ndim)]
+    return np.array([float(mask.sum(axis=others[axis]) @ np.arange(mask.shape[axis])) / total + box[axis].start
+                     for axis in range(mask.ndim)])
+
+
 def case_statistics(label: np.ndarray, affine: np.ndarray, *, source: str = "", label_names: Mapping[str, int]
                     = None, model_labels: np.ndarray | None = None, model_hu: np.ndarray | None = None,
                     pre_lcc_labels: np.ndarray | None = None, model_affine: np.ndarray | None = None,
@@ -126,9 +136,10 @@ def case_statistics(label: np.ndarray, affine: np.ndarray, *, source: str = "", 
         crop = np.asarray(label[box])
         offset = np.array([s.start for s in box], dtype=np.float64)
         components, count = ndimage.label(crop > 0, structure=_FULL)
-        sizes = ndimage.sum_labels(np.ones_like(components), components, index=np.arange(1, count + 1))
+        sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
         order = np.argsort(sizes)[::-1][:2] + 1  # the two largest components: the kidneys
-        centroids = ndimage.center_of_mass(np.ones_like(components), components, order)
+        boxes = ndimage.find_objects(components)
+        centroids = [_centroid(components, boxes[c - 1], int(c)) for c in order]
         world_x = [float((affine[:3, :3] @ (np.array(c) + offset) + affine[:3, 3])[0]) for c in centroids]
         if len(order) == 2:
             right = [order[int(np.argmax(world_x))]]
@@ -147,7 +158,7 @@ def case_statistics(label: np.ndarray, affine: np.ndarray, *, source: str = "", 
         row["tumour_count"] = int(n_tumours)
         row["tumour_ml"] = round(int(np.count_nonzero(tumour_mask)) * voxel_ml, 3)
         if n_tumours:
-            t_sizes = ndimage.sum_labels(np.ones_like(tumours), tumours, index=np.arange(1, n_tumours + 1))
+            t_sizes = np.bincount(tumours.ravel(), minlength=n_tumours + 1)[1:]
             largest = int(np.argmax(t_sizes)) + 1
             row["largest_tumour_ml"] = round(float(t_sizes[largest - 1]) * voxel_ml, 3)
             coords = np.argwhere(tumours == largest) + offset
@@ -166,7 +177,7 @@ def case_statistics(label: np.ndarray, affine: np.ndarray, *, source: str = "", 
     if pre_lcc_labels is not None:
         comp, n = ndimage.label(pre_lcc_labels > 0, structure=_FULL)
         min_voxels = MIN_COMPONENT_ML / _voxel_ml(model_affine if model_affine is not None else affine)
-        sizes = ndimage.sum_labels(np.ones_like(comp), comp, index=np.arange(1, n + 1)) if n else np.zeros(0)
+        sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
         row["components_before_lcc"] = int(np.count_nonzero(sizes >= min_voxels))
         if row["components_before_lcc"] > 2:
             flags.append("components_before_lcc")

@@ -218,6 +218,7 @@ class StreamingSegmenter:
         self.chunk_slices = max(int(chunk_slices), self.batch_size)
         self.cascade = cascade
         self.timings: dict = {}
+        self._pool: ThreadPoolExecutor | None = None  # network calls at once, for predictors that allow them
 
     # -- one case ---------------------------------------------------------------------------------------------
     def segment_file(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -265,10 +266,7 @@ class StreamingSegmenter:
             skipped += (z1 - z0) - int(has_body.sum())
             if self.cascade is not None:
                 has_body = self.cascade.first_pass(z0, z1, image, has_body)
-            body = np.flatnonzero(has_body)
-            for b0 in range(0, len(body), self.batch_size):
-                index = body[b0:b0 + self.batch_size]
-                labels[index] = self._predict(image[index])
+            self._predict_slices(image, np.flatnonzero(has_body), labels)
             model_labels[:, :, z0:z1] = labels.transpose(1, 2, 0)
             timings["preprocess"] += t1 - t0
             timings["network"] += time.perf_counter() - t1
@@ -298,6 +296,20 @@ class StreamingSegmenter:
             timings["cascade"] = dict(self.cascade.summary)
         self.timings = timings
         return label, preview
+
+    def _predict_slices(self, image: np.ndarray, index: np.ndarray, labels: np.ndarray) -> None:
+        """``labels[index]`` = the network's labels of ``image[index]``, batch by batch; a predictor that allows
+        ``concurrent_calls`` > 1 (ONNX Runtime) gets that many batches at once from a thread pool."""
+        batches = [index[b0:b0 + self.batch_size] for b0 in range(0, len(index), self.batch_size)]
+        calls = int(getattr(self.network, "concurrent_calls", 1))
+        if calls > 1 and len(batches) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(calls, thread_name_prefix="network")
+            results = self._pool.map(lambda batch: self._predict(image[batch]), batches)
+        else:
+            results = (self._predict(image[batch]) for batch in batches)
+        for batch, result in zip(batches, results):
+            labels[batch] = result
 
     def _preprocess(self, ct: LoadedCT, block: np.ndarray, model_hu: np.ndarray | None = None, z0: int = 0,
                     z1: int = 0) -> np.ndarray:
