@@ -370,3 +370,13 @@ def test_onnx_runtime_labels_do_not_depend_on_threads_or_batch(tmp_path):
     assert reference.std() > 0  # logits that vary: compared bit for bit, so labels on any threshold agree too
     for key, value in logits.items():
         np.testing.assert_array_equal(value, reference, err_msg=f"threads, batch = {key}")
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_first_max_labels_equal_argmax_with_ties(classes):
+    from scripts.inference.ort_session import first_max_labels
+
+    rng = np.random.default_rng(classes)
+    logits = rng.integers(-3, 4, size=(3, classes, 17, 19)).astype(np.float32)  # small integers: many ties
+    assert (logits[:, 0] == logits[:, 1]).any()
+    np.testing.assert_array_equal(first_max_labels(logits), logits.argmax(axis=1).astype(np.uint8))
