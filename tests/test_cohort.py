@@ -306,3 +306,19 @@ def test_merge_is_atomic_and_sorted(tmp_path):
     assert [r["case"] for r in read_csv(tmp_path / "cohort.csv")] == ["case_a", "case_b"]
     assert read_csv(tmp_path / "failures.csv") == [{"case": "case_c", "file": "/d/c.nii.gz", "error": "x"}]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.is_file()]  # no temp file left
+
+
+def test_bounding_box_equals_find_objects():
+    from scipy import ndimage
+
+    from scripts.evaluation.cohort import _bbox
+
+    rng = np.random.default_rng(0)
+    assert _bbox(np.zeros((5, 6, 7), bool)) is None
+    for _ in range(20):
+        mask = np.zeros((9, 11, 13), bool)
+        lo = rng.integers(0, [9, 11, 13])
+        hi = lo + rng.integers(1, 5, size=3)
+        mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = rng.random(tuple(np.minimum(hi, mask.shape) - lo)) > 0.3
+        mask[tuple(lo)] = True
+        assert _bbox(mask) == ndimage.find_objects(mask.astype(np.uint8))[0]
