@@ -322,3 +322,5 @@ def test_bounding_box_equals_find_objects():
         mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = rng.random(tuple(np.minimum(hi, mask.shape) - lo)) > 0.3
         mask[tuple(lo)] = True
         assert _bbox(mask) == ndimage.find_objects(mask.astype(np.uint8))[0]
+        labels = mask.astype(np.uint8) * 2  # unsigned labels are read as they are
+        assert _bbox(labels) == _bbox(labels.astype(np.int16)) == _bbox(mask)

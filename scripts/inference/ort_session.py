@@ -19,6 +19,11 @@ __all__ = ["WEIGHTS_KEY", "concurrency_plan", "cpu_session", "first_max_labels",
 WEIGHTS_KEY = "bundle_weights_sha256"  # metadata of the bundle's cached exports: SHA-256 of the weights file
 
 
+def _env_threads() -> int:
+    """``OMP_NUM_THREADS`` as an int, 0 when unset or empty."""
+    return int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+
+
 def cpu_session(onnx_path: str | os.PathLike, num_threads: int | None = None):
     """An ONNX Runtime CPU ``InferenceSession`` of ``onnx_path``; a missing or unreadable file raises one
     :class:`InputError` line. ``num_threads``: intra-op threads (``None``: ``OMP_NUM_THREADS`` when set, else ORT's
@@ -31,7 +36,7 @@ def cpu_session(onnx_path: str | os.PathLike, num_threads: int | None = None):
                          "--config_file configs/inference.json --ckpt_file models/model.pt --onnx_path "
                          f"{path}")
     if num_threads is None:
-        num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+        num_threads = _env_threads()
     options = ort.SessionOptions()
     if num_threads:
         options.intra_op_num_threads = int(num_threads)
@@ -52,8 +57,7 @@ def concurrency_plan(cores: int | None = None) -> tuple[int, int]:
     (``docs/perf_notes/issue17_concurrency.md``). The labels are bit-identical for any thread count or batch.
     """
     if not cores:
-        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-        cores = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        cores = _env_threads() or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     cores = max(1, int(cores or 1))
     calls = min(cores, 4)
     return calls, max(1, cores // calls)
