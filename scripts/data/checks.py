@@ -36,6 +36,12 @@ try:  # with pynrrd installed (for .seg.nrrd output), MONAI reads .nrrd inputs w
     READ_ERRORS += (NRRDError,)
 except ImportError:  # pragma: no cover
     pass
+try:  # isal's gzip reader (scripts/data/ct_reader.py) raises its own error for corrupt deflate data
+    from isal.isal_zlib import error as IsalError
+
+    READ_ERRORS += (IsalError,)
+except ImportError:  # pragma: no cover
+    pass
 # Abdominal CT always holds air (about -1000 HU) around the body or in bowel; MR and rescaled images don't.
 MIN_EXPECTED_HU = -200.0
 # DICOM Modality values of objects that hold no image a CT network could read (segmentations, structure sets,
