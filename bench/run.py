@@ -322,18 +322,29 @@ def memory_vs_slices(workdir: Path, sizes: list[int], storages: list[str]) -> di
 
 
 # ------------------------------------------------------------------------------------------------- report
+def avx2_emulated() -> bool:
+    """Whether this process runs under :data:`EMULATE_AVX2` (then torch itself reports no bf16 support)."""
+    return all(os.environ.get(k, "").lower() == v.lower() for k, v in EMULATE_AVX2.items())
+
+
 def cpu_class(machine_info: dict) -> str:
     """``bf16`` (AVX-512 BF16/AMX used) or ``avx2`` (no bf16; native, or emulated with :data:`EMULATE_AVX2`)."""
-    emulated = all(os.environ.get(k, "").lower() == v.lower() for k, v in EMULATE_AVX2.items())
-    return "avx2" if emulated or not machine_info.get("bf16_native") else "bf16"
+    return "avx2" if avx2_emulated() or not machine_info.get("bf16_native") else "bf16"
 
 
 def cpu_class_label(machine_info: dict) -> str:
     if cpu_class(machine_info) == "bf16":
         return "bf16 class (AVX-512 BF16 / AMX, native)"
-    if machine_info.get("bf16_native"):
-        return "AVX2 class, EMULATED on a bf16 CPU (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2)"
+    if avx2_emulated():  # checked first: under emulation torch reports no bf16, so machine_info cannot tell
+        return ("AVX2 class, EMULATED on a bf16 CPU (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2; torch and "
+                "oneDNN only: ONNX Runtime's own kernels, in the `lean` rows and the ONNX Runtime column, still use "
+                "AVX-512)")
     return "AVX2 class (no AVX-512, no bf16; native)"
+
+
+def results_stem(machine_info: dict) -> str:
+    """``avx2``, ``avx2_emulated`` or ``bf16``: the raw-numbers file of an emulated run never replaces a native one."""
+    return cpu_class(machine_info) + ("_emulated" if avx2_emulated() else "")
 
 
 def summary(table: dict, e2e: dict, memory: dict) -> dict:
@@ -524,7 +535,7 @@ def main() -> None:
     result["wall_s"] = time.perf_counter() - t0
     stamp = dt.date.today().strftime("%Y%m%d") + ("_quick" if args.quick else "")
     result["cpu_class"] = cpu_class(result["machine"])
-    result["json"] = f"bench/results/performance_{stamp}_{result['cpu_class']}.json"
+    result["json"] = f"bench/results/performance_{stamp}_{results_stem(result['machine'])}.json"
     print(render(result))
     if not args.no_docs:
         atomic_write_text(REPO / result["json"], json.dumps(result, indent=2, default=str))

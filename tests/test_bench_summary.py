@@ -54,6 +54,14 @@ def test_cpu_class_follows_the_emulation_variables(monkeypatch):
         monkeypatch.setenv(key, value)
     assert bench_run.cpu_class({"bf16_native": True}) == "avx2"
     assert "EMULATED" in bench_run.cpu_class_label({"bf16_native": True})
+    # under the variables torch itself reports no bf16 (what bench.common.machine records): still emulated, and
+    # its raw numbers go to their own file, never over a native AVX2 run's
+    assert "EMULATED" in bench_run.cpu_class_label({"bf16_native": False})
+    assert bench_run.results_stem({"bf16_native": False}) == "avx2_emulated"
+    for key in bench_run.EMULATE_AVX2:
+        monkeypatch.delenv(key)
+    assert "native" in bench_run.cpu_class_label({"bf16_native": False})
+    assert [bench_run.results_stem({"bf16_native": b}) for b in (False, True)] == ["avx2", "bf16"]
 
 
 def test_dice_and_paired_differences():
