@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scripts.reports.synthetic_transfer import END, START, real_ct_numbers, write_section
+from scripts.reports.synthetic_transfer import END, START, real_ct_numbers, section_text, write_section
 
 
 def _seg() -> np.ndarray:
@@ -42,3 +42,14 @@ def test_write_section_replaces_only_the_marked_block(tmp_path):
     text = md.read_text()
     assert text.count(START) == 1 and "second" in text and "first" not in text and "kept text" in text
     assert text.index(START) < text.index("second") < text.index(END)
+
+
+def test_section_has_one_check_set_row_per_seed():
+    """Issue 18: a change is judged on more than one draw of the check set; each seed gets its own row."""
+    metric = lambda k, t: {"kidney_dice": {"mean": k, "std": 0.1, "n": 8}, "tumour_dice": {"mean": t, "std": 0.1, "n": 8}}
+    numbers = {"weights": "w.pt", "label": "", "seconds": 1.0, "phantoms": metric(0.9, 0.3),
+               "checkset": metric(0.41, 0.02), "checkset_more": [metric(0.52, 0.07)], "check_seeds": [18, 19],
+               "check_cases": ["case_00527"]}
+    text = section_text(numbers, "docs/images/x.png")
+    rows = [line for line in text.splitlines() if "check set" in line]
+    assert len(rows) == 2 and "seed 18" in rows[0] and "0.41" in rows[0] and "seed 19" in rows[1] and "0.52" in rows[1]
