@@ -295,6 +295,9 @@ def test_isal_gzip_read_equals_nibabel(tmp_path):
                               for z in (6, 0, 3) if z < stored.shape[0]], axis=0)  # backwards, then forwards
     expected = np.concatenate([stored[z:min(z + 3, stored.shape[0])] for z in (6, 0, 3) if z < stored.shape[0]])
     np.testing.assert_array_equal(stacked, expected)
+    stream = windowed.proxy.file_like
+    windowed.release()
+    assert stream.closed  # released with the voxels, not left to the garbage collector
 
 
 def test_corrupt_compressed_data_is_named(tmp_path):

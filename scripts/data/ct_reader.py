@@ -138,7 +138,10 @@ class LoadedCT:
         self._range[0], self._range[1] = min(self._range[0], float(low)), max(self._range[1], float(high))
 
     def release(self) -> None:
-        """Drop the voxels (and the open file) once the network has seen every slice."""
+        """Drop the voxels and close the open file once the network has seen every slice."""
+        stream = getattr(self.proxy, "file_like", None)
+        if hasattr(stream, "close"):  # the ISA-L stream _open_nifti handed nibabel (nibabel's own: a file name)
+            stream.close()
         self.voxels, self.proxy = None, None
 
 
