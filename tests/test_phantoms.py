@@ -401,3 +401,17 @@ def test_pelvic_bone_texture_stays_on_cancellous_bone():
     assert {scene.ids["pelvis_c"], scene.ids["bone_c"]} <= ids
     img = phantoms._render_image(scene, list(scene.textures), np.random.default_rng(0))
     assert img.dtype == np.int16 and img.shape == scene.vol.shape
+
+
+def test_organ_means_are_drawn_wider_than_the_textbook_ranges():
+    """Issue 18 domain randomisation: organ means go about 10 HU past the textbook ranges on both sides (unenhanced
+    kidney 25-45 -> 15-55 HU, muscle 40-60 -> 30-70 HU), never further, and the phase shifts no later draw."""
+    from scripts.synthetic.phantoms import _draw_contrast
+
+    native = [_draw_contrast(np.random.default_rng(seed), "unenhanced") for seed in range(400)]
+    kidney = np.array([c.cortex for c in native])  # cortex = kidney mean + jitter of at most 5 HU
+    muscle = np.array([c.muscle for c in native])
+    assert 10 <= kidney.min() < 22 and 48 < kidney.max() <= 60
+    assert 30 <= muscle.min() < 35 and 65 < muscle.max() <= 70
+    enhanced = [_draw_contrast(np.random.default_rng(seed), "nephrographic") for seed in range(400)]
+    assert [c.muscle for c in enhanced] == list(muscle)  # same draws whatever the phase
