@@ -70,7 +70,9 @@ def cohort(tmp_path_factory) -> dict:
     weights = root / "tiny.pt"
     torch.save({"model": net.state_dict()}, weights)
     overlay = root / "tiny.json"
-    overlay.write_text(json.dumps({f"{k}": v for k, v in TINY_OVERRIDES.items()} | {"slice_batch_size": 16}))
+    # fp32 as calibrated: on a bf16 CPU `auto` would run bf16, whose rounding moves these centred random logits
+    overlay.write_text(json.dumps({f"{k}": v for k, v in TINY_OVERRIDES.items()}
+                                  | {"slice_batch_size": 16, "precision": "fp32"}))
     return {"folder": folder, "weights": weights, "overlay": overlay, "root": root}
 
 
