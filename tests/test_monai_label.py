@@ -20,7 +20,6 @@ with ``strict=False``, so a key mismatch would silently serve random weights: th
 
 from __future__ import annotations
 
-import contextlib
 import email
 import hashlib
 import json
@@ -369,12 +368,11 @@ def _planted_weights(bundle: Path, calibration_image: Path, seed: int = 0) -> di
     image = parser.get_parsed_content("preprocessing")({"image": str(calibration_image)})["image"]
     middle = image.shape[-1] // 2
     slices = image[..., middle - 1:middle + 2].permute(3, 0, 1, 2).float()  # (3 slices, 1, H, W)
-    # calibrated in the precision the default fast path (``auto``) runs here: bf16 on a CPU with native bf16, whose
-    # rounding would otherwise move these centred random logits to a near-constant map
-    from scripts.inference.fast_path import cpu_supports_bf16
+    # calibrated in the precision the default fast path (``auto``) resolves to here (bf16 on a CPU with native
+    # bf16), whose rounding would otherwise move these centred random logits to a near-constant map
+    from scripts.inference.fast_path import _autocast, choose_fast_path
 
-    bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_supports_bf16() else contextlib.nullcontext()
-    with torch.no_grad(), bf16:
+    with torch.no_grad(), _autocast(torch.device("cpu"), choose_fast_path(net, "cpu")):
         logits = net(slices).float()
     diff_kidney = (logits[:, 1] - logits[:, 0]).flatten()
     diff_tumour = (logits[:, 2] - logits[:, 0]).flatten()
