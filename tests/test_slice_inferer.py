@@ -11,6 +11,7 @@ from scripts.data.preprocessing import window_and_resize
 from scripts.data.transforms import WindowAndResized
 from scripts.inference.fast_path import choose_fast_path, predict_labels, prepare_network
 from scripts.inference.slice_inferer import FastSliceInferer
+from scripts.inference.streaming import model_grid_affine, ras_orientation
 from scripts.networks import WPUNet
 
 
@@ -65,5 +66,31 @@ def test_window_and_resize_transform_matches_the_streaming_function_and_inverts_
     restored = transform.inverse({"image": label})["image"]
     assert restored.shape == (1, 50, 40, 9) and restored.dtype == torch.uint8
     np.testing.assert_allclose(np.asarray(restored.affine), affine.numpy(), atol=1e-6)
-    nearest = torch.nn.functional.interpolate(label.as_tensor().permute(3, 0, 1, 2), size=(50, 40), mode="nearest")
-    assert torch.equal(restored.as_tensor(), nearest.permute(1, 2, 3, 0))
+    # 50x40 is padded to 24x20's aspect (50x42, one column each side), so the inverse resizes to 50x42 and crops
+    nearest = torch.nn.functional.interpolate(label.as_tensor().permute(3, 0, 1, 2), size=(50, 42), mode="nearest")
+    assert torch.equal(restored.as_tensor(), nearest.permute(1, 2, 3, 0)[:, :, 1:41])
+    # the model grid's affine is the streaming path's (previews and cohort statistics of both paths agree)
+    grid = model_grid_affine(affine.numpy(), (50, 40, 9), ras_orientation(affine.numpy()), (24, 20))
+    np.testing.assert_allclose(np.asarray(out.affine), grid, atol=1e-9)
+
+
+def test_streaming_and_monai_paths_bring_labels_back_to_a_non_square_grid_alike():
+    """Both paths undo the aspect padding the same way: model labels of a 50x40 slice (padded to 50x42 for 24x20)
+    come back through ``WindowAndResized.inverse`` (MONAI, MONAI Label) and the streaming path's nearest rule
+    identically, voxel for voxel."""
+    from scripts.inference.streaming import StreamingSegmenter
+
+    class Labels:  # a predictor: the segmenter needs one, this test only calls its resampling
+        def predict_labels(self, batch):
+            raise AssertionError("not called")
+
+    affine = torch.diag(torch.tensor([0.8, 0.8, 3.0, 1.0], dtype=torch.float64))
+    transform = WindowAndResized("image", hu_window=[-79, 304], slice_size=[24, 20], chunk_slices=4)
+    out = transform({"image": MetaTensor(torch.zeros(1, 50, 40, 9, dtype=torch.int16), affine=affine)})["image"]
+    model_labels = torch.from_numpy(np.random.default_rng(2).integers(0, 3, (24, 20, 9), dtype=np.uint8))
+    label = MetaTensor(model_labels[None], affine=out.affine, applied_operations=out.applied_operations)
+    monai_back = transform.inverse({"image": label})["image"][0].as_tensor().numpy()
+    segmenter = StreamingSegmenter(Labels(), slice_size=(24, 20), lcc_enabled=False)
+    streamed_back = segmenter._back_to_input_grid(model_labels.numpy(), (50, 40, 9), ras_orientation(affine.numpy()))
+    assert monai_back.shape == streamed_back.shape == (50, 40, 9)
+    np.testing.assert_array_equal(streamed_back, monai_back)

@@ -48,22 +48,23 @@ def test_train_and_inference_share_network_and_preprocessing():
     train_steps = [t for t in train.get_parsed_content("deterministic_transforms")
                    if type(t).__name__ not in ("CheckLabelValuesd", "MapLabelValued")]  # label-only steps
     infer_steps = list(infer.get_parsed_content("preprocessing").transforms)
-    # inference computes the HU window + resize in one slice-batch step (issue 19): the same two MONAI steps of train
-    pair = ["ScaleIntensityRanged", "Resized"]
+    # inference computes the HU window + aspect padding + resize in one slice-batch step (issue 19): the same three
+    # MONAI steps of train
+    steps = ["ScaleIntensityRanged", "PadToAspectd", "Resized"]
     train_names = [type(t).__name__ for t in train_steps]
     at = train_names.index("ScaleIntensityRanged")
-    assert train_names[at:at + 2] == pair
-    assert (train_names[:at] + ["WindowAndResized"] + train_names[at + 2:]
+    assert train_names[at:at + 3] == steps
+    assert (train_names[:at] + ["WindowAndResized"] + train_names[at + 3:]
             == [type(t).__name__ for t in infer_steps])
     train_infer = train.get_parsed_content("validate#inferer")
     infer_inferer = infer.get_parsed_content("inferer")
     assert train_infer.spatial_dim == infer_inferer.spatial_dim
-    # the HU window and resize reach the instantiated transforms with the same values
-    scaler, resizer = train_steps[at].scaler, train_steps[at + 1].resizer
+    # the HU window, padding and resize reach the instantiated transforms with the same values
+    scaler, padder, resizer = train_steps[at].scaler, train_steps[at + 1].padder, train_steps[at + 2].resizer
     window = next(t for t in infer_steps if type(t).__name__ == "WindowAndResized")
     assert (scaler.a_min, scaler.a_max, scaler.b_min, scaler.b_max, scaler.clip) == (*window.hu_window, 0.0, 1.0, True)
-    assert tuple(resizer.spatial_size[:2]) == window.slice_size == tuple(train_infer.roi_size)
-    assert train_steps[at + 1].mode[0] == "area"
+    assert tuple(resizer.spatial_size[:2]) == window.slice_size == tuple(train_infer.roi_size) == padder.slice_size
+    assert train_steps[at + 2].mode[0] == "area"
 
 
 def test_metadata_labels_match_configs_and_schema():

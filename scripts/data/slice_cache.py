@@ -42,7 +42,7 @@ __all__ = ["CACHE_VERSION", "SliceCache", "no_cache_dir", "file_stamp", "file_ha
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: in-plane padding to slice_size's aspect before the resize
 INDEX_NAME = "index.json"
 LEVELS = 255  # uint8 image levels over the HU window
 

@@ -1,8 +1,10 @@
-"""The bundle's own MONAI transforms: a loader whose failures name the file, a check of a loaded CT, and the
-HU window + in-plane resize computed slice batch by slice batch.
+"""The bundle's own MONAI transforms: a loader whose failures name the file, a check of a loaded CT, the in-plane
+padding that keeps the anatomy's aspect ratio, and the HU window + padding + in-plane resize computed slice batch by
+slice batch.
 
 The first two sit at the start of every preprocessing chain (train.json, inference.json) and of MONAI Label's;
-:class:`WindowAndResized` is inference.json's (and so MONAI Label's) window and resize (issue 19).
+:class:`PadToAspectd` sits between train.json's window and resize; :class:`WindowAndResized` is inference.json's (and
+so MONAI Label's) window, padding and resize (issue 19).
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import InvertibleTransform, LoadImage, LoadImaged, MapTransform
+from monai.transforms import InvertibleTransform, LoadImage, LoadImaged, MapTransform, Pad, Padd
 from monai.transforms.utils import scale_affine
 
 from ..common.errors import InputError
 from .checks import MIN_EXPECTED_HU, READ_ERRORS, check_dicom_modality, warn_infinite_voxels
-from .preprocessing import window_and_resize
+from .preprocessing import aspect_padding, window_and_resize
 
-__all__ = ["LoadImageCheckedd", "ValidateCTd", "WindowAndResized"]
+__all__ = ["LoadImageCheckedd", "ValidateCTd", "PadToAspect", "PadToAspectd", "WindowAndResized"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +123,28 @@ class ValidateCTd(MapTransform):
         return d
 
 
+class PadToAspect(Pad):
+    """Pad the first two spatial axes, centred, with 0 to the aspect ratio of ``slice_size``
+    (:func:`scripts.data.preprocessing.aspect_padding`), so that the in-plane resize that follows scales both axes
+    alike instead of stretching a non-square slice. Channel first; other axes untouched; inverted by MONAI's ``Pad``.
+    Placed after the HU window, where 0 is air (and background in a label map)."""
+
+    def __init__(self, slice_size, lazy: bool = False) -> None:
+        super().__init__(mode="constant", lazy=lazy)
+        self.slice_size = (int(slice_size[0]), int(slice_size[1]))
+
+    def compute_pad_width(self, spatial_shape):
+        rows, cols = aspect_padding(spatial_shape[:2], self.slice_size)
+        return ((0, 0), rows, cols, *((0, 0),) * (len(spatial_shape) - 2))
+
+
+class PadToAspectd(Padd):
+    """Dictionary :class:`PadToAspect` (the same padding for the image and its label)."""
+
+    def __init__(self, keys: KeysCollection, slice_size, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, padder=PadToAspect(slice_size), mode="constant", allow_missing_keys=allow_missing_keys)
+
+
 class WindowAndResized(MapTransform, InvertibleTransform):
     """``ScaleIntensityRanged`` (HU window to [0, 1], clipped) + ``Resized`` (in-plane area resize), slice batch
     by slice batch, without a full-resolution float copy.
@@ -160,6 +184,7 @@ class WindowAndResized(MapTransform, InvertibleTransform):
                 raise ValueError(f"{key}: expected a one-channel (1, X, Y, Z) image, got shape {tuple(image.shape)}")
             orig_size = tuple(int(s) for s in image.shape[1:])
             out_size = (*self.slice_size, orig_size[2])
+            padding = aspect_padding(orig_size[:2], self.slice_size)
             voxels = image.as_tensor()[0]
             out = torch.empty((1, *out_size), dtype=torch.float32)
             for z0 in range(0, orig_size[2], self.chunk_slices):
@@ -168,19 +193,22 @@ class WindowAndResized(MapTransform, InvertibleTransform):
                 resized = window_and_resize(hu, self.hu_window, self.slice_size)[:, 0]
                 out[0, :, :, z0:z1] = torch.from_numpy(resized).permute(1, 2, 0)
             meta = self.track_transform_meta(
-                image, sp_size=out_size, affine=scale_affine(orig_size, out_size, align_corners=False),
-                extra_info={"hu_window": list(self.hu_window)}, orig_size=orig_size,
+                image, sp_size=out_size, affine=_padded_resize_affine(orig_size, padding, out_size),
+                extra_info={"hu_window": list(self.hu_window), "padding": [list(p) for p in padding]},
+                orig_size=orig_size,
                 transform_info=self.get_transform_info())
             d[key] = MetaTensor(out).copy_meta_from(meta)  # meta: a MetaObj with the affine and the trace
         return d
 
     def inverse(self, data):
-        """Nearest resize back to the original in-plane size (a label map stays in its dtype)."""
+        """Nearest resize back to the padded in-plane size, padding cropped off (a label map stays in its dtype)."""
         d = dict(data)
         for key in self.key_iterator(d):
             pred = d[key]
             transform = self.pop_transform(pred)
             orig_size = tuple(int(s) for s in transform["orig_size"])
+            (r0, r1), (c0, c1) = transform.get("extra_info", {}).get("padding", ((0, 0), (0, 0)))
+            padded = (orig_size[0] + r0 + r1, orig_size[1] + c0 + c1)
             size = tuple(int(s) for s in pred.shape[1:])
             values = pred.as_tensor() if isinstance(pred, MetaTensor) else torch.as_tensor(pred)
             out = torch.empty((values.shape[0], *orig_size[:2], size[2]), dtype=values.dtype)
@@ -189,12 +217,22 @@ class WindowAndResized(MapTransform, InvertibleTransform):
                 block = values[:, :, :, z0:z1].permute(3, 0, 1, 2)  # (k, C, H, W)
                 if block.dtype in (torch.bool,):
                     block = block.to(torch.uint8)
-                out[:, :, :, z0:z1] = F.interpolate(block, size=orig_size[:2], mode="nearest").permute(1, 2, 3, 0)
+                block = F.interpolate(block, size=padded, mode="nearest")
+                out[:, :, :, z0:z1] = block[:, :, r0:r0 + orig_size[0], c0:c0 + orig_size[1]].permute(1, 2, 3, 0)
             if isinstance(pred, MetaTensor):
+                forward = _padded_resize_affine(orig_size, ((r0, r1), (c0, c1)), size)
                 with self.trace_transform(False):
-                    meta = self.track_transform_meta(pred, sp_size=orig_size,
-                                                     affine=scale_affine(size, orig_size, align_corners=False),
+                    meta = self.track_transform_meta(pred, sp_size=orig_size, affine=torch.linalg.inv(forward),
                                                      transform_info=self.get_transform_info())
                 out = MetaTensor(out).copy_meta_from(meta)
             d[key] = out
         return d
+
+
+def _padded_resize_affine(orig_size, padding, out_size) -> torch.Tensor:
+    """Voxel-to-voxel affine of :class:`WindowAndResized`: the padding's shift, then ``Resized``'s scaling from the
+    padded size to ``out_size`` (align_corners False)."""
+    padded = (orig_size[0] + sum(padding[0]), orig_size[1] + sum(padding[1]), *orig_size[2:])
+    shift = torch.eye(len(orig_size) + 1, dtype=torch.float64)
+    shift[0, -1], shift[1, -1] = -float(padding[0][0]), -float(padding[1][0])
+    return shift @ torch.as_tensor(scale_affine(padded, out_size, align_corners=False), dtype=torch.float64)

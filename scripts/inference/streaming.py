@@ -38,7 +38,7 @@ import numpy as np
 from ..common.atomic import atomic_write_text
 from ..common.errors import InputError, find_input_error
 from ..data.ct_reader import LoadedCT, read_ct
-from ..data.preprocessing import area_resize, nearest_index, window_and_resize
+from ..data.preprocessing import area_resize, aspect_padding, nearest_index, pad_to_aspect, window_and_resize
 
 __all__ = ["CasesFailed", "StreamingSegmenter", "build_segmenter", "is_3d_network", "keep_largest_components",
            "network_with_weights", "ras_orientation",
@@ -46,6 +46,8 @@ __all__ = ["CasesFailed", "StreamingSegmenter", "build_segmenter", "is_3d_networ
 
 logger = logging.getLogger(__name__)
 
+#: HU of the padding added to non-square slices (air), in the model-resolution HU kept for cohort statistics.
+AIR_HU = -1024.0
 STAGES = ("read", "preprocess", "network", "lcc", "resample", "write")
 _first_batch_logged = False  # the process's first network batch is logged once (issue 17: bench/startup.py)
 
@@ -57,14 +59,16 @@ def ras_orientation(affine: np.ndarray) -> np.ndarray:
 
 def model_grid_affine(affine: np.ndarray, shape: Sequence[int], ornt: np.ndarray,
                       slice_size: Sequence[int]) -> np.ndarray:
-    """Voxel-to-world affine of the model-resolution RAS grid (area resize of the first two RAS axes)."""
+    """Voxel-to-world affine of the model-resolution RAS grid: the first two RAS axes padded to ``slice_size``'s
+    aspect ratio (``aspect_padding``), then area resized."""
     ras_affine = affine @ nib.orientations.inv_ornt_aff(ornt, shape)
     ras_shape = nib.orientations.apply_orientation(np.empty(shape, dtype=bool), ornt).shape
+    padding = aspect_padding(ras_shape[:2], slice_size)
     scale = np.eye(4)
     for axis in range(2):
-        step = ras_shape[axis] / slice_size[axis]
+        step = (ras_shape[axis] + sum(padding[axis])) / slice_size[axis]
         scale[axis, axis] = step
-        scale[axis, 3] = (step - 1.0) / 2.0  # centres of the resized voxels, as align_corners=False
+        scale[axis, 3] = (step - 1.0) / 2.0 - padding[axis][0]  # resized voxel centres (align_corners=False)
     return ras_affine @ scale
 
 
@@ -317,7 +321,8 @@ class StreamingSegmenter:
         with ``model_hu`` the area-resized HU (no window) of slices ``z0:z1`` are stored there too."""
         hu = ct.hounsfield(np.ascontiguousarray(block.transpose(2, 0, 1)))  # (k, X, Y) float32
         if model_hu is not None:
-            model_hu[:, :, z0:z1] = area_resize(hu, self.slice_size).transpose(1, 2, 0)
+            padded = pad_to_aspect(hu, self.slice_size, AIR_HU)
+            model_hu[:, :, z0:z1] = area_resize(padded, self.slice_size).transpose(1, 2, 0)
         return window_and_resize(hu, self.hu_window, self.slice_size)
 
     def _predict(self, batch: np.ndarray) -> np.ndarray:
@@ -342,11 +347,13 @@ class StreamingSegmenter:
         return labels
 
     def _back_to_input_grid(self, model_labels: np.ndarray, shape: Sequence[int], ornt: np.ndarray) -> np.ndarray:
-        """Nearest-neighbour uint8 upsampling, batch by batch, written through the orientation view."""
+        """Nearest-neighbour uint8 upsampling to the padded grid (torch's nearest rule), the padding cropped off,
+        batch by batch, written through the orientation view."""
         label = np.zeros(shape, dtype=np.uint8, order="F")  # NIfTI's voxel order: the writer copies nothing
         target = nib.orientations.apply_orientation(label, ornt)  # a view of ``label``
-        rows = nearest_index(model_labels.shape[0], target.shape[0])[:, None]  # torch's nearest rule
-        cols = nearest_index(model_labels.shape[1], target.shape[1])[None, :]
+        (r0, r1), (c0, c1) = aspect_padding(target.shape[:2], self.slice_size)
+        rows = nearest_index(model_labels.shape[0], target.shape[0] + r0 + r1)[r0:r0 + target.shape[0], None]
+        cols = nearest_index(model_labels.shape[1], target.shape[1] + c0 + c1)[None, c0:c0 + target.shape[1]]
         for z0 in range(0, model_labels.shape[2], self.chunk_slices):
             z1 = min(model_labels.shape[2], z0 + self.chunk_slices)
             target[:, :, z0:z1] = model_labels[:, :, z0:z1][rows, cols]
