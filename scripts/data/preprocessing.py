@@ -4,7 +4,7 @@ The configs declare the same steps once as ``intensity_and_resize`` (``ScaleInte
 ``scripts.data.transforms.PadToAspectd``, ``Resized`` area to ``slice_size``); ``tests/test_preprocessing.py`` checks
 that all paths agree. The padding keeps the anatomy's aspect ratio: a non-square slice (a cropped NIfTI, a
 512x412 matrix) is padded with air, centred, to ``slice_size``'s aspect before the resize, instead of being
-stretched (a 122x101 crop of a real CT gave 0.58 kidney agreement stretched and 0.70 padded, docs/results.md).
+stretched (a 122x101 crop of a real CT: kidney agreement 0.57-0.58 stretched, 0.70-0.71 padded, docs/results.md).
 Plain numpy (issue 17): the streaming path must not need torch, so that ``kidney-seg --lean`` starts without it;
 the area resize computes what ``torch.nn.functional.interpolate(mode="area")`` (adaptive average pooling) computes,
 and :func:`nearest_index` the source index of its ``mode="nearest"``.

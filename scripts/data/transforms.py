@@ -146,17 +146,18 @@ class PadToAspectd(Padd):
 
 
 class WindowAndResized(MapTransform, InvertibleTransform):
-    """``ScaleIntensityRanged`` (HU window to [0, 1], clipped) + ``Resized`` (in-plane area resize), slice batch
-    by slice batch, without a full-resolution float copy.
+    """``ScaleIntensityRanged`` (HU window to [0, 1], clipped) + :class:`PadToAspectd` + ``Resized`` (in-plane area
+    resize), slice batch by slice batch, without a full-resolution float copy.
 
     The image (channel first, RAS, last axis axial) may keep its stored dtype (``int16`` for most CTs): each batch of
     ``chunk_slices`` slices is converted to float32 and passed through
     :func:`scripts.data.preprocessing.window_and_resize`, the function the streaming path calls, so MONAI's path
     (``run inferring --streaming False``, MONAI Label) and the streaming path compute the same network input. Only
-    the model-resolution float32 output is allocated. The affine and the trace are those ``Resized`` records
-    (``scale_affine``, align_corners False), so ``Invertd`` brings a prediction back: :meth:`inverse` is a nearest
-    resize to the original in-plane size, batch by batch, in the prediction's own dtype (a ``uint8`` label stays
-    ``uint8``). Issue 19: MONAI Label runs this chain on every "Auto segment".
+    the model-resolution float32 output is allocated. The affine is the padding's shift and ``Resized``'s scaling
+    (``scale_affine``, align_corners False), the trace keeps the padding, so ``Invertd`` brings a prediction back:
+    :meth:`inverse` is a nearest resize to the padded in-plane size with the padding cut off, batch by batch, in the
+    prediction's own dtype (a ``uint8`` label stays ``uint8``). Issue 19: MONAI Label runs this chain on every "Auto
+    segment".
 
     Args:
         keys: image keys.
