@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scripts.reports.synthetic_transfer import END, START, real_ct_numbers, section_text, write_section
+from scripts.reports.synthetic_transfer import END, START, pad_in_plane, real_ct_numbers, section_text, write_section
 
 
 def _seg() -> np.ndarray:
@@ -53,3 +53,27 @@ def test_section_has_one_check_set_row_per_seed():
     text = section_text(numbers, "docs/images/x.png")
     rows = [line for line in text.splitlines() if "check set" in line]
     assert len(rows) == 2 and "seed 18" in rows[0] and "0.41" in rows[0] and "seed 19" in rows[1] and "0.52" in rows[1]
+
+
+def test_padding_to_a_wider_field_of_view_keeps_every_voxel_in_place():
+    """The field-of-view check pads the real crop with air; its affine must keep the anatomy where it was."""
+    ct = np.arange(6 * 4 * 3, dtype=np.int16).reshape(6, 4, 3)
+    affine = np.array([[-3.0, 0, 0, 10.0], [0, 3.0, 0, -20.0], [0, 0, 3.0, 5.0], [0, 0, 0, 1]])
+    padded, shifted, (x0, y0) = pad_in_plane(ct, affine, 10)
+    assert padded.shape == (10, 10, 3) and (x0, y0) == (2, 3)
+    np.testing.assert_array_equal(padded[x0:x0 + 6, y0:y0 + 4], ct)
+    assert (padded == -1024).sum() == 10 * 10 * 3 - ct.size
+    for voxel in ([0, 0, 0], [5, 3, 2]):
+        world = affine @ np.array([*voxel, 1.0])
+        np.testing.assert_allclose(shifted @ np.array([voxel[0] + x0, voxel[1] + y0, voxel[2], 1.0]), world)
+
+
+def test_section_lists_each_field_of_view():
+    metric = {"kidney_dice": {"mean": 0.9, "std": 0.1, "n": 8}, "tumour_dice": {"mean": 0.3, "std": 0.1, "n": 8}}
+    real = {"dice_sm": 0.7, "dice_full_on_sm": 0.7, "pred_ml_sm": 170.0, "ts_ml": 206.0, "tumour_ml_sm": 59.0,
+            "outside_ml_sm": 0.0, "above_ml_full": 0.0, "below_ml_full": 0.0, "kidney_rows": (0, 22), "low_full": 61,
+            "fields_of_view": {"450.0": (0.54, 303.0), "405.0": (0.56, 304.0)}}  # keys as numbers.json has them
+    text = section_text({"weights": "w.pt", "label": "", "seconds": 1.0, "phantoms": metric, "real": real},
+                        "docs/images/x.png")
+    rows = [line for line in text.splitlines() if "field of view" in line]
+    assert len(rows) == 2 and "405 mm" in rows[0] and "0.560" in rows[0] and "450 mm" in rows[1]
