@@ -104,12 +104,13 @@ def test_kidney_brighter_than_surrounding_fat(phase, min_kidney):
     assert kidney - np.median(image[ring]) > 100
 
 
-@pytest.mark.parametrize("phase, min_gap", [("nephrographic", 30), ("corticomedullary", 15), ("unenhanced", 12)])
+@pytest.mark.parametrize("phase, min_gap", [("nephrographic", 25), ("corticomedullary", 15), ("unenhanced", 12)])
 def test_tumour_intensity_differs_from_kidney(phase, min_gap):
     checked = 0
     for seed in range(8):
-        # Tumour means: >= 40 HU below the parenchyma mean (enhanced; in the corticomedullary phase the mixed
-        # cortex/medulla interior is closer), 20-35 HU off it unenhanced.
+        # Tumour means: >= 40 HU below the parenchyma mean, >= 30 HU at the tumour floor of 70 HU (enhanced; in the
+        # corticomedullary phase the mixed cortex/medulla interior is closer), 20-35 HU off it unenhanced; measured
+        # on noisy interiors, hence the margins.
         image, label, _ = generate_phantom(seed, in_plane_size=128, slice_thickness=4.0, num_tumours=1, phase=phase)
         # Eroded masks: compare interiors, not partial-volume edges.
         tumour = ndimage.binary_erosion(label == 2)
@@ -404,14 +405,14 @@ def test_pelvic_bone_texture_stays_on_cancellous_bone():
 
 
 def test_organ_means_are_drawn_wider_than_the_textbook_ranges():
-    """Issue 18 domain randomisation: organ means go about 10 HU past the textbook ranges on both sides (unenhanced
-    kidney 25-45 -> 15-55 HU, muscle 40-60 -> 30-70 HU), never further, and the phase shifts no later draw."""
+    """Issue 18 domain randomisation: organ means go about 20 HU past the textbook ranges on both sides (unenhanced
+    kidney 25-45 -> 5-65 HU, muscle 40-60 -> 20-80 HU), never further, and the phase shifts no later draw."""
     from scripts.synthetic.phantoms import _draw_contrast
 
     native = [_draw_contrast(np.random.default_rng(seed), "unenhanced") for seed in range(400)]
     kidney = np.array([c.cortex for c in native])  # cortex = kidney mean + jitter of at most 5 HU
     muscle = np.array([c.muscle for c in native])
-    assert 10 <= kidney.min() < 22 and 48 < kidney.max() <= 60
-    assert 30 <= muscle.min() < 35 and 65 < muscle.max() <= 70
+    assert 0 <= kidney.min() < 12 and 58 < kidney.max() <= 70
+    assert 20 <= muscle.min() < 25 and 75 < muscle.max() <= 80
     enhanced = [_draw_contrast(np.random.default_rng(seed), "nephrographic") for seed in range(400)]
     assert [c.muscle for c in enhanced] == list(muscle)  # same draws whatever the phase

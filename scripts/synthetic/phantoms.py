@@ -308,14 +308,15 @@ def _inside_superellipse(grid: _Grid, a: np.ndarray, b: np.ndarray, p_ant: float
 
 
 def _tumour_hu(quantile: float, parenchyma: float, medulla: float, cm: bool, native: bool = False) -> float:
-    """Tumour mean HU: 70-180 and at least 40 HU below the kidney parenchyma mean (enhanced phases).
+    """Tumour mean HU: 70-180 and at least 40 HU below the kidney parenchyma mean (enhanced phases); 70 HU where the
+    parenchyma is below 110 HU (drawn down to 100 HU since 0.8.3), so the gap is at least 30 HU.
 
-    Unenhanced (``native``): renal cell carcinoma is near-isodense to the parenchyma (drawn 15-55 HU); drawn 20-35 HU
+    Unenhanced (``native``): renal cell carcinoma is near-isodense to the parenchyma (drawn 5-65 HU); drawn 20-35 HU
     below it (65% of draws) or 20-35 HU above it (haemorrhagic / dense masses), so the class stays visible.
 
     Renal cell carcinoma enhances less than the parenchyma in the nephrographic phase; in the
     corticomedullary phase it usually sits above the medulla and below the cortex. Keeping it >= 40 HU
-    from the kidney mean (and above most muscle, 30-70 HU) keeps the class learnable. ``quantile`` in [0, 1)
+    from the kidney mean (and above most muscle, 20-80 HU) keeps the class learnable. ``quantile`` in [0, 1)
     is the case's draw, so the value can be fixed once the kidney is painted.
     """
     if native:
@@ -445,20 +446,20 @@ def _draw_contrast(rng: np.random.Generator, phase: str | None) -> _Contrast:
     phase_i = int(rng.choice(3, p=[0.35, 0.35, 0.30]))
     phase_name = PHASES[phase_i] if phase is None else phase
     cm, native = phase_name == "corticomedullary", phase_name == "unenhanced"
-    # Domain randomisation (issue 18): each organ's mean is drawn about 10 HU wider on both sides than the textbook
+    # Domain randomisation (issue 18): each organ's mean is drawn about 20 HU wider on both sides than the textbook
     # ranges (docs and ct_phantom_facts.md), so that no absolute value identifies an organ.
-    hu_fat, hu_fat_in, hu_muscle = u(-130, -70), u(-125, -75), u(30, 70)
-    hu_liver, hu_spleen = u(80, 140), u(90, 140)
+    hu_fat, hu_fat_in, hu_muscle = u(-140, -60), u(-135, -65), u(20, 80)
+    hu_liver, hu_spleen = u(70, 150), u(80, 150)
     aorta_arterial, aorta_venous = u(200, 400), u(150, 200)
     ivc_arterial, ivc_venous = u(80, 120), u(130, 170)
-    cortex_a, medulla_a, homog, jitter = u(140, 260), u(50, 110), u(110, 210), rng.uniform(-5, 5, 2)
+    cortex_a, medulla_a, homog, jitter = u(130, 270), u(40, 120), u(100, 220), rng.uniform(-5, 5, 2)
     hu_cortex, hu_medulla = (cortex_a, medulla_a) if cm else (homog + jitter[0], homog + jitter[1])
     # Cancellous bone down to 100 HU: KiTS patients are mostly over 50 and often osteopenic (the real CT's
     # femoral heads read 100-200 HU), so bone overlaps the enhanced kidney's 120-200 HU.
     hu_bone_c, hu_bone_k = u(100, 400), u(700, 1200)
     # Unenhanced (no contrast agent), textbook kidney 25-45, liver 40-70, spleen 40-55, blood 35-55 HU, each
-    # widened by about 10 HU on both sides as above.
-    nat_kidney, nat_liver, nat_spleen, nat_blood = u(15, 55), u(30, 80), u(30, 65), u(25, 65)
+    # widened by about 20 HU on both sides as above (10 HU until 0.8.3: two demo seeds each, docs/results.md).
+    nat_kidney, nat_liver, nat_spleen, nat_blood = u(5, 65), u(20, 90), u(20, 75), u(15, 75)
     aorta, ivc = (aorta_arterial, ivc_arterial) if cm else (aorta_venous, ivc_venous)
     if native:
         hu_cortex, hu_medulla = nat_kidney + jitter[0], nat_kidney + jitter[1]

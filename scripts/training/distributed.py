@@ -55,7 +55,10 @@ def init_process_group() -> bool:
 
 
 def destroy_process_group() -> bool:
+    """Leave the process group once every rank has finished (a barrier first, so that no rank tears down its
+    connections while another still uses them). Returns True for config lists."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
     return True
 
