@@ -309,7 +309,7 @@ def _inside_superellipse(grid: _Grid, a: np.ndarray, b: np.ndarray, p_ant: float
 
 def _tumour_hu(quantile: float, parenchyma: float, medulla: float, cm: bool, native: bool = False) -> float:
     """Tumour mean HU: 70-180 and at least 40 HU below the kidney parenchyma mean (enhanced phases); 70 HU where the
-    parenchyma is below 110 HU (drawn down to 100 HU since 0.8.3), so the gap is at least 30 HU.
+    parenchyma is below 110 HU (drawn down to 100 HU since 0.8.3, then +-5 HU jitter), so the gap is at least 25 HU.
 
     Unenhanced (``native``): renal cell carcinoma is near-isodense to the parenchyma (drawn 5-65 HU); drawn 20-35 HU
     below it (65% of draws) or 20-35 HU above it (haemorrhagic / dense masses), so the class stays visible.
