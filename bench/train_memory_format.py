@@ -25,7 +25,8 @@ import time
 from common import REPO, load_average, machine
 
 # name -> (class, constructor kwargs, input shape (batch, 1, *spatial)); the demo's batch as the demo feeds it (2 cases x
-# 8 slices), the larger networks at batch 4 (the default batch of 16 slices needs 6 GB and minutes per step here),
+# 8 slices), the larger networks at batch 4 (at the default 16 slices the paper WP-UNet alone held 5.6 GB and the run
+# took over half an hour here),
 # 3D: 2 cases x 2 patches of configs/networks/pocket_unet_3d.json
 NETWORKS = {
     "WP-UNet demo (configs/demo.json), 128x128": (
